@@ -1,0 +1,122 @@
+"""Datalists from a JSON file or a folder of NIfTI files (flat, or BraTS case folders)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+__all__ = ["NIFTI_SUFFIXES", "build_datalist", "find_case_files"]
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.is_file() and path.name.endswith(NIFTI_SUFFIXES)
+
+
+def _strip_suffix(name: str) -> str:
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def find_case_files(case_dir: str | os.PathLike) -> dict[str, str]:
+    """Map contrast suffix -> file for a case folder ``<case>/<case>-<suffix>.nii.gz``.
+
+    Files that do not start with ``<case>-`` are keyed by their full stem.
+    """
+    case_dir = Path(case_dir)
+    files = {}
+    for f in sorted(case_dir.iterdir()):
+        if not _is_nifti(f):
+            continue
+        stem = _strip_suffix(f.name)
+        prefix = f"{case_dir.name}-"
+        files[stem[len(prefix):] if stem.startswith(prefix) else stem] = str(f)
+    return files
+
+
+def build_datalist(
+    dataset_dir: str | os.PathLike | None = None,
+    datalist: str | os.PathLike | None = None,
+    keys: Mapping[str, str | None] | None = None,
+    split: str = "training",
+) -> list[dict[str, str]]:
+    """Build a list of ``{key: file}`` dicts for MONAI datasets.
+
+    Sources, in order of precedence:
+
+    * ``datalist``: a JSON file whose ``split`` entry is a list of dicts; relative paths are
+      resolved against ``dataset_dir`` (or the JSON's folder). Entries may use the output keys
+      directly or the source names in ``keys`` (e.g. ``{"image": "t1n"}`` reads ``entry["t1n"]``).
+    * ``dataset_dir`` with case folders: ``<dir>/<case>/<case>-<suffix>.nii.gz`` (BraTS layout);
+      ``keys`` maps output keys to suffixes.
+    * ``dataset_dir`` with NIfTI files directly inside: each file is one ``image`` entry
+      (only when ``keys`` is ``{"image": None}`` or not given).
+
+    Each entry also gets ``"case"`` (the case name).
+
+    Raises:
+        FileNotFoundError: a missing folder or JSON file, named.
+        ValueError: nothing found, or a case lacks a requested file (named).
+    """
+    keys = dict(keys) if keys else {"image": None}
+    if datalist:
+        return _from_json(Path(datalist), Path(dataset_dir) if dataset_dir else None, keys, split)
+    if dataset_dir is None:
+        raise ValueError("give either 'dataset_dir' (a folder of NIfTI files or case folders) or 'datalist' (a JSON file).")
+    root = Path(dataset_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset_dir '{root}' does not exist or is not a folder.")
+    cases = sorted(p for p in root.iterdir() if p.is_dir() and any(_is_nifti(f) for f in p.iterdir()))
+    entries: list[dict[str, str]] = []
+    if cases and any(v is not None for v in keys.values()):
+        problems = []
+        for case in cases:
+            files = find_case_files(case)
+            entry = {"case": case.name}
+            for out_key, suffix in keys.items():
+                if suffix in files:
+                    entry[out_key] = files[suffix]
+                else:
+                    problems.append(f"{case}: no '{case.name}-{suffix}.nii.gz' (has: {', '.join(files) or 'nothing'})")
+            entries.append(entry)
+        if problems:
+            raise ValueError(f"{len(problems)} case(s) in '{root}' lack a requested file:\n  " + "\n  ".join(problems))
+    else:
+        files = sorted(p for p in root.iterdir() if _is_nifti(p))
+        if len(keys) != 1:
+            raise ValueError(f"'{root}' holds no case folders; a flat folder of files can only fill one key, got {keys}.")
+        out_key = next(iter(keys))
+        entries = [{"case": _strip_suffix(f.name), out_key: str(f)} for f in files]
+    if not entries:
+        raise ValueError(f"dataset_dir '{root}' holds no NIfTI files ({', '.join(NIFTI_SUFFIXES)}) or case folders.")
+    return entries
+
+
+def _from_json(path: Path, base: Path | None, keys: Mapping[str, str | None], split: str) -> list[dict[str, str]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"datalist '{path}' does not exist.")
+    try:
+        content = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"datalist '{path}' is not valid JSON: {e}") from e
+    items = content.get(split) if isinstance(content, dict) else None
+    if not isinstance(items, Sequence) or not items:
+        raise ValueError(f"datalist '{path}' has no non-empty list under '{split}'.")
+    base = base if base is not None else path.parent
+    entries = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            item = {"image": item}
+        entry = {"case": str(item.get("case", i))}
+        for out_key, source in keys.items():
+            value = item.get(out_key, item.get(source) if source else None)
+            if value is None:
+                raise ValueError(f"datalist '{path}', {split}[{i}]: no '{out_key}' or '{source}' entry.")
+            entry[out_key] = str(value if os.path.isabs(value) else base / value)
+        entries.append(entry)
+    return entries

@@ -1,0 +1,106 @@
+"""Check every input file before training starts, so bad data fails in seconds, not hours."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import nibabel as nib
+import numpy as np
+from tqdm.auto import tqdm
+
+__all__ = ["InvalidDataError", "validate_images", "resolve_image_size", "volume_shape"]
+
+
+class InvalidDataError(ValueError):
+    """One or more input files cannot be used; the message lists each file and its problem."""
+
+
+def volume_shape(path: str) -> tuple[int, ...]:
+    """Spatial shape of a NIfTI file from its header (a trailing singleton 4th dim is dropped)."""
+    shape = tuple(int(s) for s in nib.load(path).shape)
+    return shape[:3] if len(shape) == 4 and shape[3] == 1 else shape
+
+
+def resolve_image_size(
+    image_size: Sequence[int] | None, roi_size: Sequence[int] | None, datalist: Sequence[Mapping[str, str]],
+    key: str = "image",
+) -> tuple[int, ...]:
+    """The (D, H, W) the network sees: ``image_size``, else ``roi_size``, else the first file's shape."""
+    size = image_size or roi_size
+    if size:
+        if len(size) != 3 or any(int(s) < 2 for s in size):
+            raise ValueError(f"image_size/roi_size must be 3 sizes >= 2, got {size}.")
+        return tuple(int(s) for s in size)
+    if not datalist:
+        raise InvalidDataError("no input files: the datalist is empty.")
+    path = datalist[0][key]
+    try:
+        return volume_shape(path)
+    except Exception as e:
+        raise InvalidDataError(f"{path}: cannot be read as NIfTI ({type(e).__name__}: {e})") from e
+
+
+def _check_file(path: str, check_values: bool, size_multiple: int | None) -> str | None:
+    try:
+        img = nib.load(path)
+        shape = tuple(int(s) for s in img.shape)
+    except Exception as e:  # nibabel raises many types for broken files
+        return f"cannot be read as NIfTI ({type(e).__name__}: {e})"
+    spatial = shape[:3] if len(shape) == 4 and shape[3] == 1 else shape
+    if len(spatial) != 3:
+        return f"is {len(shape)}D with shape {shape}; expected a 3D volume (D, H, W)"
+    if min(spatial) < 2:
+        return f"has a degenerate shape {shape}"
+    if size_multiple and any(s % size_multiple for s in spatial):
+        return (f"has shape {spatial}, not divisible by {size_multiple} (the network's downsampling); "
+                "set 'roi_size' to pad/crop it")
+    if check_values:
+        try:
+            data = np.asanyarray(img.dataobj)
+        except Exception as e:
+            return f"cannot be read ({type(e).__name__}: {e})"
+        if data.dtype.kind == "f" and not np.isfinite(data).all():
+            return f"contains {int((~np.isfinite(data)).sum())} NaN/inf voxels"
+    return None
+
+
+def validate_images(
+    datalist: Iterable[Mapping[str, str]],
+    keys: Sequence[str] = ("image",),
+    check_values: bool = True,
+    size_multiple: int | None = None,
+    progress: bool = True,
+) -> int:
+    """Open every file of ``datalist[*][keys]`` and check it is a readable, finite 3D volume.
+
+    Args:
+        datalist: entries as from `build_datalist`.
+        keys: entry keys holding file paths.
+        check_values: also read the voxels and reject NaN/inf (slower; header only otherwise).
+        size_multiple: if given, every spatial size must be divisible by it and all volumes must
+            share one shape (use when volumes reach the network at their own size).
+
+    Returns:
+        the number of files checked.
+
+    Raises:
+        InvalidDataError: listing every bad file (path: problem).
+    """
+    files = [entry[k] for entry in datalist for k in keys]
+    if not files:
+        raise InvalidDataError("no input files to train on: the datalist is empty.")
+    problems = []
+    first_shape = None
+    for path in tqdm(files, desc="checking input files", disable=not progress, leave=False):
+        problem = _check_file(path, check_values, size_multiple)
+        if problem is None and size_multiple:
+            shape = volume_shape(path)
+            first_shape = first_shape or (path, shape)
+            if shape != first_shape[1]:
+                problem = f"has shape {shape} but '{first_shape[0]}' has {first_shape[1]}; set 'roi_size' to pad/crop"
+        if problem:
+            problems.append(f"{path}: {problem}")
+    if problems:
+        shown = "\n  ".join(problems[:50]) + (f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else "")
+        raise InvalidDataError(f"{len(problems)} of {len(files)} input file(s) cannot be used:\n  {shown}")
+    return len(files)

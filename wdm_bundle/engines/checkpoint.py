@@ -1,0 +1,206 @@
+"""Atomic training checkpoints, resume, and loading weights for inference.
+
+Written here rather than with MONAI's `CheckpointSaver`, which saves non-atomically
+(``atomic=False``) and cannot resume; a crash mid-write must never destroy the last good state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from torch import nn
+
+from wdm_bundle.diffusion.inferer import unwrap_model
+
+__all__ = ["atomic_save", "list_checkpoints", "latest_checkpoint", "TrainingCheckpointer", "load_weights"]
+
+logger = logging.getLogger(__name__)
+_CKPT = re.compile(r"^checkpoint_(\d+)\.pt$")
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> str:
+    """`torch.save` to a temporary file in the same folder, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return str(path)
+
+
+def list_checkpoints(save_dir: str | os.PathLike) -> list[Path]:
+    """Training checkpoints ``checkpoint_<iteration>.pt`` in ``save_dir``, oldest first."""
+    d = Path(save_dir)
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _CKPT.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(save_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint with the highest iteration in ``save_dir``, or None."""
+    found = list_checkpoints(save_dir)
+    return found[-1] if found else None
+
+
+class TrainingCheckpointer:
+    """Save model, EMA, optimizer and trainer state every ``save_every`` iterations and at the end.
+
+    Each save writes ``checkpoint_<iteration>.pt`` (everything needed to resume) and refreshes
+    ``model.pt`` (``{"model", "ema", "iteration"}`` weights for inference), both atomically; only
+    the newest ``n_saved`` checkpoints are kept.
+
+    Args:
+        save_dir: output folder (the bundle's ``models/``).
+        network: the trained network (DDP/compile wrappers are unwrapped for saving).
+        optimizer: its optimizer.
+        ema_model: the EMA copy of the network, or None.
+        save_every: iterations between saves.
+        n_saved: checkpoints to keep.
+        resume: load the latest checkpoint, if any, and continue at its iteration.
+        overwrite: allow starting a new run in a folder that already holds checkpoints (they are
+            deleted); without it, that is an error, so no run is destroyed by accident.
+        map_location: device for loading on resume.
+        enabled: False on non-zero distributed ranks: they load but never write.
+    """
+
+    def __init__(
+        self,
+        save_dir: str | os.PathLike,
+        network: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        ema_model: nn.Module | None = None,
+        save_every: int = 1000,
+        n_saved: int = 2,
+        resume: bool = False,
+        overwrite: bool = False,
+        map_location: str | torch.device | None = "cpu",
+        enabled: bool = True,
+    ) -> None:
+        if save_every < 1 or n_saved < 1:
+            raise ValueError(f"save_every and n_saved must be >= 1, got {save_every}, {n_saved}.")
+        self.save_dir = Path(save_dir)
+        self.objects: dict[str, Any] = {"model": network}
+        if ema_model is not None:
+            self.objects["ema"] = ema_model
+        if optimizer is not None:
+            self.objects["optimizer"] = optimizer
+        self.save_every = save_every
+        self.n_saved = n_saved
+        self.resume = resume
+        self.overwrite = overwrite
+        self.map_location = map_location
+        self.enabled = enabled
+        self._last_saved = -1
+
+    def _state_objects(self, engine: Engine) -> dict[str, Any]:
+        objects = {k: unwrap_model(v) if isinstance(v, nn.Module) else v for k, v in self.objects.items()}
+        objects["trainer"] = engine
+        scaler = getattr(engine, "scaler", None)
+        if scaler is not None:
+            objects["scaler"] = scaler
+        return objects
+
+    def attach(self, engine: Engine) -> None:
+        existing = list_checkpoints(self.save_dir)
+        if self.resume and existing:
+            self.load(existing[-1], engine)
+        elif self.resume:
+            logger.info(f"resume: no checkpoint in '{self.save_dir}', starting from iteration 0.")
+        elif existing and self.enabled:
+            if not self.overwrite:
+                raise FileExistsError(
+                    f"'{self.save_dir}' already holds {len(existing)} checkpoint(s) (latest: {existing[-1].name}); "
+                    "pass --resume true to continue that run, or --overwrite true to start over and delete them."
+                )
+            for p in existing:
+                p.unlink()
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.save_every), self.save)
+        engine.add_event_handler(Events.COMPLETED, self.save)
+
+    def load(self, path: str | os.PathLike, engine: Engine) -> None:
+        """Restore every object (and the trainer's iteration) from checkpoint ``path``."""
+        state = torch.load(path, map_location=self.map_location, weights_only=True)
+        objects = self._state_objects(engine)
+        missing = [k for k in objects if k not in state]
+        if missing:
+            raise KeyError(f"checkpoint '{path}' lacks {missing}; it holds {sorted(state)}.")
+        max_epochs = engine.state.max_epochs
+        for key, obj in objects.items():
+            obj.load_state_dict(state[key])
+        # the loaded trainer state carries the old budget; a longer budget in the config wins
+        if max_epochs is not None and (engine.state.max_epochs is None or engine.state.max_epochs < max_epochs):
+            engine.state.max_epochs = max_epochs
+        self._last_saved = engine.state.iteration
+        logger.info(f"resumed from '{path}' at iteration {engine.state.iteration}.")
+
+    def save(self, engine: Engine) -> None:
+        iteration = engine.state.iteration
+        if not self.enabled or iteration == self._last_saved or iteration == 0:
+            return
+        objects = self._state_objects(engine)
+        atomic_save({k: v.state_dict() for k, v in objects.items()}, self.save_dir / f"checkpoint_{iteration:08d}.pt")
+        weights = {k: objects[k].state_dict() for k in ("model", "ema") if k in objects}
+        atomic_save({**weights, "iteration": iteration}, self.save_dir / "model.pt")
+        for old in list_checkpoints(self.save_dir)[: -self.n_saved]:
+            old.unlink()
+        self._last_saved = iteration
+        logger.info(f"saved checkpoint at iteration {iteration} to '{self.save_dir}'.")
+
+
+def load_weights(
+    network: nn.Module, path: str | os.PathLike, key: str | None = "ema", strict: bool = True
+) -> nn.Module:
+    """Load weights into ``network`` from a bundle ``model.pt``, a training checkpoint or a bare state_dict.
+
+    Loads with ``weights_only=True``: checkpoints from elsewhere are untrusted.
+
+    Args:
+        key: which weights to take from a bundle checkpoint: ``"ema"`` (default; falls back to
+            ``"model"`` with a warning when the file has no EMA) or ``"model"``; None for a bare
+            state_dict.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the weights do not fit ``network``; lists missing and unexpected keys.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint '{path}' does not exist; train first or pass --ckpt_path.")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if key is not None and isinstance(state, dict) and key in state and isinstance(state[key], dict):
+        state = state[key]
+    elif key is not None and isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        logger.warning(f"'{path}' has no '{key}' weights; using 'model'.")
+        state = state["model"]
+    target = unwrap_model(network)
+    try:
+        result = target.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches raise even with strict=False
+        raise ValueError(f"checkpoint '{path}' does not fit the network: {e}") from e
+    if strict and (result.missing_keys or result.unexpected_keys):
+        def _fmt(keys: list[str]) -> str:
+            return ", ".join(keys[:20]) + (f", ... ({len(keys)} in all)" if len(keys) > 20 else "") if keys else "none"
+
+        raise ValueError(
+            f"checkpoint '{path}' does not fit the network: missing keys: {_fmt(result.missing_keys)}; "
+            f"unexpected keys: {_fmt(result.unexpected_keys)}. Check the network settings (channels, "
+            "num_res_blocks, ...) match those used for training."
+        )
+    return network

@@ -1,0 +1,112 @@
+"""Ignite handlers for wavelet diffusion training: iteration budget and sample previews."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from ignite.engine import Engine, Events
+from torch import nn
+
+from wdm_bundle.diffusion import WaveletDiffusionInferer, make_scheduler, unwrap_model
+from wdm_bundle.visualize import save_slices_png, slices_grid
+
+__all__ = ["IterationBudget", "PreviewSampler"]
+
+logger = logging.getLogger(__name__)
+
+
+class IterationBudget:
+    """Stop training after exactly ``num_iterations`` iterations (also right away on a resumed run that is done)."""
+
+    def __init__(self, num_iterations: int) -> None:
+        if num_iterations < 1:
+            raise ValueError(f"num_iterations must be >= 1, got {num_iterations}.")
+        self.num_iterations = num_iterations
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if engine.state.iteration >= self.num_iterations:
+            if engine.last_event_name == Events.STARTED:
+                logger.info(f"iteration budget {self.num_iterations} already reached at {engine.state.iteration}.")
+            engine.terminate()
+
+
+class PreviewSampler:
+    """Every ``every`` iterations, sample a few volumes with few DDIM steps and show their middle slices.
+
+    Writes ``<output_dir>/preview_<iteration>.png`` and, with a ``summary_writer``, a TensorBoard
+    image ``preview``. Sampling uses fixed noise (``seed``) so previews are comparable over time.
+
+    Args:
+        network: the model to sample from (normally the EMA copy).
+        image_shape: (C, D, H, W) of the generated images.
+        inferer: the training inferer (gives the data range).
+        every: iterations between previews.
+        num_samples: volumes per preview.
+        num_inference_steps: DDIM steps.
+        conditioning: optional (N, ...) wavelet-space condition channels for cWDM previews.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        image_shape: Sequence[int],
+        inferer: WaveletDiffusionInferer,
+        output_dir: str | os.PathLike,
+        every: int = 1000,
+        num_samples: int = 2,
+        num_inference_steps: int = 10,
+        seed: int = 0,
+        summary_writer=None,
+        conditioning: torch.Tensor | None = None,
+        enabled: bool = True,
+    ) -> None:
+        if len(image_shape) != 4:
+            raise ValueError(f"image_shape must be (C, D, H, W), got {tuple(image_shape)}.")
+        self.network = network
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.inferer = inferer
+        self.output_dir = Path(output_dir)
+        self.every = every
+        self.num_samples = num_samples
+        self.scheduler = make_scheduler(
+            "ddim", num_inference_steps, num_train_timesteps=inferer.scheduler.num_train_timesteps
+        )
+        self.seed = seed
+        self.summary_writer = summary_writer
+        self.conditioning = conditioning
+        self.enabled = enabled
+
+    def attach(self, engine: Engine) -> None:
+        if self.enabled and self.every > 0:
+            engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.every), self)
+
+    @torch.no_grad()
+    def __call__(self, engine: Engine) -> None:
+        model = unwrap_model(self.network)
+        device = next(model.parameters()).device
+        c, *spatial = self.image_shape
+        shape = (self.num_samples, 8 * c, *(s // 2 for s in spatial))
+        noise = torch.randn(shape, generator=torch.Generator().manual_seed(self.seed)).to(device)
+        was_training = model.training
+        model.eval()
+        try:
+            images = self.inferer.sample(noise, model, scheduler=self.scheduler, conditioning=self.conditioning,
+                                         verbose=False)
+        finally:
+            model.train(was_training)
+        it = engine.state.iteration
+        vols = [img[0] for img in images]
+        path = save_slices_png(vols, self.output_dir / f"preview_{it:08d}.png", self.inferer.data_range,
+                               titles=[f"sample {i}" for i in range(len(vols))])
+        if self.summary_writer is not None:
+            grid = slices_grid(vols, self.inferer.data_range)
+            self.summary_writer.add_image("preview", grid, it, dataformats="HW")
+        logger.info(f"preview at iteration {it}: {path}")

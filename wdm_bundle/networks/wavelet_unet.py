@@ -1,0 +1,117 @@
+"""`WaveletDiffusionUNet`: a diffusion U-Net that works on 3D Haar wavelet coefficients."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.nets import DiffusionModelUNet
+from torch import nn
+
+from wdm_bundle.wavelets import HaarWavelet3D
+
+__all__ = ["WaveletDiffusionUNet", "PAPER_CHANNELS"]
+
+#: Paper sizes: base 64 channels, multipliers (1,2,2,4,4) at 128^3 and (1,2,2,4,4,4) at 256^3.
+PAPER_CHANNELS = {128: (64, 128, 128, 256, 256), 256: (64, 128, 128, 256, 256, 256)}
+
+
+class WaveletDiffusionUNet(nn.Module):
+    """MONAI `DiffusionModelUNet` in wavelet space, plus the image <-> coefficient coder.
+
+    The backbone sees ``8 * (image_channels + condition_channels) + extra_channels`` channels:
+    the noisy target coefficients x_t first, then the DWT of any condition images, then any
+    extra (e.g. target-indicator) channels; it predicts the clean coefficients x0 of the target,
+    ``8 * image_channels`` channels. Coefficients are in the scaled space of ``self.wavelet``
+    (LLL band divided by ``lll_scale``), so the model never sees the raw LLL range.
+
+    Args:
+        image_channels: channels C of the generated image (1 for a single MR contrast).
+        condition_channels: image channels k concatenated as conditions (cWDM), 0 for WDM.
+        extra_channels: further wavelet-resolution channels appended after the conditions.
+        channels: U-Net channels per level (paper: 64,128,128,256,256 for 128^3 volumes).
+        num_res_blocks: residual blocks per level (paper: 2).
+        attention_levels: self-attention per level (paper: none).
+        norm_num_groups: GroupNorm groups; must divide every entry of ``channels``.
+        resblock_updown: down/up-sample with residual blocks (paper: True).
+        lll_scale: divisor of the LLL band (reference: 3.0).
+        backbone: an alternative backbone with the `DiffusionModelUNet` calling convention
+            ``forward(x, timesteps, context=None)``; the sizes above are then ignored.
+        **backbone_kwargs: further `DiffusionModelUNet` arguments.
+    """
+
+    def __init__(
+        self,
+        image_channels: int = 1,
+        condition_channels: int = 0,
+        extra_channels: int = 0,
+        channels: Sequence[int] = PAPER_CHANNELS[128],
+        num_res_blocks: int | Sequence[int] = 2,
+        attention_levels: Sequence[bool] | None = None,
+        norm_num_groups: int = 32,
+        resblock_updown: bool = True,
+        lll_scale: float = 3.0,
+        backbone: nn.Module | None = None,
+        **backbone_kwargs,
+    ) -> None:
+        super().__init__()
+        if image_channels < 1:
+            raise ValueError(f"image_channels must be >= 1, got {image_channels}.")
+        if condition_channels < 0 or extra_channels < 0:
+            raise ValueError(
+                f"condition_channels and extra_channels must be >= 0, got {condition_channels}, {extra_channels}."
+            )
+        bad = [c for c in channels if c % norm_num_groups]
+        if bad:
+            raise ValueError(f"norm_num_groups={norm_num_groups} must divide every entry of channels={tuple(channels)}.")
+        self.image_channels = image_channels
+        self.condition_channels = condition_channels
+        self.extra_channels = extra_channels
+        self.in_channels = 8 * (image_channels + condition_channels) + extra_channels
+        self.out_channels = 8 * image_channels
+        self.num_levels = len(channels)
+        self.wavelet = HaarWavelet3D(lll_scale)
+        if backbone is None:
+            backbone = DiffusionModelUNet(
+                spatial_dims=3,
+                in_channels=self.in_channels,
+                out_channels=self.out_channels,
+                channels=tuple(channels),
+                num_res_blocks=num_res_blocks,
+                attention_levels=tuple(attention_levels) if attention_levels else (False,) * len(channels),
+                norm_num_groups=norm_num_groups,
+                resblock_updown=resblock_updown,
+                **backbone_kwargs,
+            )
+        self.backbone = backbone
+
+    @property
+    def image_size_multiple(self) -> int:
+        """Image sizes must be divisible by this: 2 for the DWT times 2 per U-Net downsampling."""
+        return 2 ** self.num_levels
+
+    def check_image_size(self, size: Sequence[int], name: str = "image") -> None:
+        """Raise a ValueError naming `name` if `size` (D, H, W) cannot pass through the network."""
+        multiple = self.image_size_multiple
+        bad = [int(s) for s in size if int(s) % multiple]
+        if bad:
+            raise ValueError(
+                f"{name}: spatial size {tuple(int(s) for s in size)} is not divisible by {multiple} "
+                f"(1 DWT level x {self.num_levels - 1} U-Net downsamplings); pad or crop it, e.g. set "
+                f"'image_size' to a multiple of {multiple}."
+            )
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict clean target coefficients.
+
+        Args:
+            x: (B, in_channels, d, h, w): x_t, then condition coefficients, then extra channels.
+            timesteps: (B,) diffusion steps.
+            context: unused by the default backbone (no cross-attention); passed through.
+
+        Returns:
+            (B, 8 * image_channels, d, h, w) predicted x0 coefficients.
+        """
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"expected {self.in_channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)}).")
+        return self.backbone(x, timesteps=timesteps, context=context)

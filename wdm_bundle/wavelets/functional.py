@@ -1,0 +1,111 @@
+"""Orthonormal 3D Haar wavelet transform (one level) as strided 2x2x2 convolutions.
+
+MONAI has no wavelet transform, so this is our own. Each of the 8 sub-band filters is a
+2x2x2 kernel with entries +-1/(2*sqrt(2)); the DWT is a stride-2 grouped convolution and the
+IDWT its transpose, which is exact because the 8 filters form an orthonormal basis of each
+2x2x2 block. Cost is one read and one write of the volume; it runs on any device and dtype and
+is differentiable.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from wdm_bundle.wavelets.constants import SUBBANDS
+
+__all__ = ["haar_filters", "dwt3d", "idwt3d", "pad_to_multiple", "crop_padding"]
+
+
+def haar_filters(dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
+    """Return the 8 analysis filters, shape (8, 1, 2, 2, 2), in `SUBBANDS` order.
+
+    Band index ``4*d + 2*h + w`` where each bit is 0 for low-pass (L) and 1 for high-pass (H),
+    the first letter being the depth axis. Low-pass is ``(a + b)/sqrt2`` and high-pass
+    ``(a - b)/sqrt2`` of each pair of neighbours, as in PyWavelets' ``haar``.
+    """
+    lo = torch.tensor([1.0, 1.0], dtype=torch.float64) / math.sqrt(2.0)
+    hi = torch.tensor([1.0, -1.0], dtype=torch.float64) / math.sqrt(2.0)
+    pair = (lo, hi)
+    filters = torch.stack(
+        [torch.einsum("i,j,k->ijk", pair[int(b[0] == "H")], pair[int(b[1] == "H")], pair[int(b[2] == "H")]) for b in SUBBANDS]
+    )
+    return filters.unsqueeze(1).to(dtype=dtype, device=device)
+
+
+def _check_input(x: torch.Tensor, name: str) -> None:
+    if x.ndim != 5:
+        raise ValueError(f"{name} expects a 5D tensor (B, C, D, H, W), got shape {tuple(x.shape)}.")
+
+
+def dwt3d(x: torch.Tensor) -> torch.Tensor:
+    """One-level orthonormal 3D Haar DWT.
+
+    Args:
+        x: (B, C, D, H, W) with D, H, W even.
+
+    Returns:
+        (B, 8*C, D/2, H/2, W/2); channel ``8*c + k`` is sub-band ``SUBBANDS[k]`` of input channel c.
+
+    Raises:
+        ValueError: if x is not 5D or a spatial size is odd (see `pad_to_multiple`).
+    """
+    _check_input(x, "dwt3d")
+    b, c, *spatial = x.shape
+    odd = [s for s in spatial if s % 2]
+    if odd:
+        raise ValueError(
+            f"dwt3d needs even spatial sizes, got {tuple(spatial)}; pad first, e.g. with "
+            "wdm_bundle.wavelets.pad_to_multiple(x, 2)."
+        )
+    w = haar_filters(x.dtype, x.device)
+    y = F.conv3d(x.reshape(b * c, 1, *spatial), w, stride=2)
+    return y.reshape(b, 8 * c, *y.shape[2:])
+
+
+def idwt3d(coeffs: torch.Tensor) -> torch.Tensor:
+    """Inverse of `dwt3d`: (B, 8*C, d, h, w) -> (B, C, 2d, 2h, 2w)."""
+    _check_input(coeffs, "idwt3d")
+    b, c8, *spatial = coeffs.shape
+    if c8 % 8:
+        raise ValueError(f"idwt3d needs a multiple of 8 channels (8 sub-bands per image channel), got {c8}.")
+    w = haar_filters(coeffs.dtype, coeffs.device)
+    y = F.conv_transpose3d(coeffs.reshape(b * c8 // 8, 8, *spatial), w, stride=2)
+    return y.reshape(b, c8 // 8, *y.shape[2:])
+
+
+def pad_to_multiple(
+    x: torch.Tensor, multiple: int | Sequence[int], mode: str = "constant", value: float = 0.0
+) -> tuple[torch.Tensor, tuple[tuple[int, int], ...]]:
+    """Pad the spatial dims of (B, C, *spatial) so each is divisible by `multiple`.
+
+    Padding is split as evenly as possible (extra voxel at the end).
+
+    Returns:
+        the padded tensor and the ((before, after), ...) widths per spatial dim, to pass to
+        `crop_padding` to undo it.
+    """
+    spatial = x.shape[2:]
+    mult = [multiple] * len(spatial) if isinstance(multiple, int) else list(multiple)
+    if len(mult) != len(spatial) or any(m < 1 for m in mult):
+        raise ValueError(f"multiple must be a positive int or one per spatial dim {tuple(spatial)}, got {multiple}.")
+    widths = []
+    for s, m in zip(spatial, mult):
+        total = (-s) % m
+        widths.append((total // 2, total - total // 2))
+    flat = [v for before_after in reversed(widths) for v in before_after]  # F.pad wants last dim first
+    if not any(flat):
+        return x, tuple(widths)
+    kwargs = {"value": value} if mode == "constant" else {}
+    return F.pad(x, flat, mode=mode, **kwargs), tuple(widths)
+
+
+def crop_padding(x: torch.Tensor, widths: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Undo `pad_to_multiple`: remove ((before, after), ...) voxels from the spatial dims of (B, C, *spatial)."""
+    if len(widths) != x.ndim - 2:
+        raise ValueError(f"got {len(widths)} pad widths for {x.ndim - 2} spatial dims.")
+    index = [slice(None), slice(None)] + [slice(b, s - a) for (b, a), s in zip(widths, x.shape[2:])]
+    return x[tuple(index)]
