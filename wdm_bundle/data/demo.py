@@ -28,7 +28,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["CONTRASTS", "FOV_MM", "SEG_LABELS", "load_mni_templates", "make_demo_subject", "make_demo_dataset"]
+__all__ = ["CONTRASTS", "FOV_MM", "SEG_LABELS", "load_mni_templates", "make_demo_dataset", "make_demo_subject"]
 
 CONTRASTS: tuple[str, ...] = ("t1n", "t1c", "t2w", "t2f")
 FOV_MM: tuple[float, float, float] = (160.0, 192.0, 160.0)
@@ -110,10 +110,10 @@ def _smoothed_templates(sigma: tuple[float, float, float]) -> tuple[np.ndarray, 
     return stack, np.linalg.inv(affine)
 
 
-def _as_shape(size: int | Sequence[int], name: str = "size") -> tuple[int, int, int]:
+def _as_shape(size: int | Sequence[int]) -> tuple[int, int, int]:
     shape = (int(size),) * 3 if np.isscalar(size) else tuple(int(s) for s in size)
     if len(shape) != 3 or min(shape) < 8:
-        raise ValueError(f"'{name}' must be an int or 3 ints, each >= 8; got {size!r}.")
+        raise ValueError(f"'size' must be an int or 3 ints, each >= 8; got {size!r}.")
     return shape  # type: ignore[return-value]
 
 
@@ -160,12 +160,13 @@ def _lesion_fractions(rng: np.random.Generator, pts: np.ndarray, spacing: np.nda
     rot = _rotation(rng.uniform(-np.pi, np.pi, 3))
     d = pts - centre[:, None]
     rho = np.linalg.norm((rot @ d) / axes[:, None], axis=0) / radius
-    width = max(0.04, 0.35 * float(np.mean(spacing)) / radius)  # partial volume at coarse grids
+    width = max(0.1, float(np.mean(spacing)) / radius)  # edge ~1 voxel: partial volume at coarse grids
     levels = (1.0, rng.uniform(0.55, 0.75), rng.uniform(0.3, 0.5))
     fracs = []
     for level in levels:
         r = rho + (0.25 if level == 1.0 else 0.12 * level) * _random_waves(rng, d, radius)
-        fracs.append(1.0 / (1.0 + np.exp(-np.clip((level - r) / width, -50, 50))))
+        t = np.clip((level - r) / width + 0.5, 0.0, 1.0)  # compact partial-volume edge (smoothstep)
+        fracs.append(t * t * (3.0 - 2.0 * t))
     f_oed, f_enh, f_core = fracs
     f_enh = np.minimum(f_enh, f_oed)
     return f_oed, f_enh, np.minimum(f_core, f_enh)
@@ -177,8 +178,7 @@ def _grid(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarr
     fov = np.asarray(FOV_MM)
     spacing = fov / np.asarray(shape)
     origin = centre - fov / 2 + spacing / 2
-    affine = np.eye(4)
-    affine[:3, :3] = np.diag(spacing)
+    affine = np.diag([*spacing, 1.0])
     affine[:3, 3] = origin
     axes = [origin[k] + spacing[k] * np.arange(shape[k]) for k in range(3)]
     world = np.stack([a.ravel() for a in np.meshgrid(*axes, indexing="ij")])
@@ -216,7 +216,7 @@ def make_demo_subject(
     entropy = [int(seed)] if np.isscalar(seed) else [int(s) for s in seed]
     if min(entropy, default=-1) < 0:
         raise ValueError(f"'seed' must be a non-negative int or a non-empty sequence of them; got {seed!r}.")
-    r_choice, r_deform, r_lesion, r_image = (np.random.default_rng(s) for s in np.random.SeedSequence(entropy).spawn(4))
+    r_choice, r_deform, r_lesion, *r_images = map(np.random.default_rng, np.random.SeedSequence(entropy).spawn(7))
     has_lesion = bool(r_choice.random() < lesion_prob) if lesion is None else bool(lesion)
 
     affine, spacing, world = _grid(shape)
@@ -231,22 +231,21 @@ def make_demo_subject(
     disp = np.stack([_smooth_noise(r_deform, shape, 5).ravel() * amp for _ in range(3)])
     pts = lin @ (world - centre[:, None]) + (centre + shift)[:, None] + disp
     vox = inv_tpl[:3, :3] @ pts + inv_tpl[:3, 3:]
-    gm, wm, csf, msoft = (
-        ndi.map_coordinates(stack[c], vox, order=1, mode="constant", cval=0.0, prefilter=False).reshape(shape)
-        for c in range(4)
-    )
+    gm, wm, csf, msoft = (ndi.map_coordinates(m, vox, order=1, cval=0.0, prefilter=False).reshape(shape) for m in stack)
     mask = msoft > 0.5
     norm = np.where(mask, 1.0 / np.maximum(gm + wm + csf, 1e-3), 0.0).astype(np.float32)
     gm, wm, csf = gm * norm, wm * norm, csf * norm  # tissue fractions sum to 1 inside the mask
 
     paren = gm + wm
     if has_lesion:
-        f_oed, f_enh, f_core = (f.reshape(shape).astype(np.float32) for f in _lesion_fractions(r_lesion, pts, spacing))
+        fracs = _lesion_fractions(r_lesion, pts, spacing)
+        f_oed, f_enh, f_core = (f.reshape(shape).astype(np.float32) for f in fracs)
     else:
         f_oed = f_enh = f_core = np.zeros(shape, np.float32)
     # The tumour proper (core + rim) replaces all parenchyma; oedema spreads in WM, spares half the GM.
     oed = (wm + 0.5 * gm) * (f_oed - f_enh)
-    fractions = (gm * (1 - f_enh - 0.5 * (f_oed - f_enh)), wm * (1 - f_oed), csf, paren * f_core, paren * (f_enh - f_core), oed)
+    gm_left, wm_left = gm * (1 - f_enh - 0.5 * (f_oed - f_enh)), wm * (1 - f_oed)
+    fractions = (gm_left, wm_left, csf, paren * f_core, paren * (f_enh - f_core), oed)  # order of _TISSUES
     seg = np.zeros(shape, np.uint8)
     seg[paren * f_enh + oed >= 0.5] = 2
     seg[paren * f_enh >= 0.5] = 3
@@ -254,18 +253,18 @@ def make_demo_subject(
     seg[~mask] = 0
 
     out: dict[str, np.ndarray] = {}
-    for name, ss in zip(CONTRASTS, np.random.SeedSequence(r_image.integers(2**63)).spawn(len(CONTRASTS))):
-        rng = np.random.default_rng(ss)
+    for name, rng in zip(CONTRASTS, r_images):
         means = np.asarray(_MEANS[name]) * rng.uniform(0.85, 1.2) * rng.uniform(0.9, 1.1, len(_TISSUES))
         bias = np.exp(rng.uniform(0.05, 0.15) * _smooth_noise(rng, shape, 3)).astype(np.float32)
         noise_sd = rng.uniform(0.02, 0.04) * means[1]  # Rician noise, a few % of WM
         clean = sum(f * np.float32(m) for f, m in zip(fractions, means)) * bias
-        noisy = np.hypot(clean + noise_sd * rng.standard_normal(shape, np.float32), noise_sd * rng.standard_normal(shape, np.float32))
+        real, imag = (noise_sd * rng.standard_normal(shape, np.float32) for _ in range(2))
+        noisy = np.hypot(clean + real, imag)
         out[name] = np.where(mask, noisy, 0.0).astype(np.float32)
     out["seg"] = seg
     out["affine"] = affine
     if return_tissues:
-        out.update(gm=fractions[0], wm=fractions[1], csf=fractions[2])
+        out.update(gm=gm_left, wm=wm_left, csf=csf)
     return out
 
 
@@ -277,14 +276,14 @@ def _save_nifti(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
     nib.save(img, str(path))
 
 
-def _progress(items: Iterable, enabled: bool, total: int) -> Iterable:
+def _progress(items: Sequence, enabled: bool) -> Iterable:
     if not enabled:
         return items
     try:
         from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a MONAI dependency in practice
+    except ImportError:  # pragma: no cover - tqdm comes with MONAI in practice
         return items
-    return tqdm(items, total=total, desc="demo cases", unit="case")
+    return tqdm(items, desc="demo cases", unit="case")
 
 
 def make_demo_dataset(
@@ -326,19 +325,13 @@ def make_demo_dataset(
 
     root = Path(output_dir)
     datalist_path = root / "datalist.json"
-    if root.is_dir() and not overwrite:
-        existing = ([datalist_path] if datalist_path.exists() else []) + sorted(
-            p for p in root.glob("BraTS-DEMO-*") if p.is_dir()
-        )
-        if existing:
-            raise FileExistsError(
-                f"'{root}' already contains a demo data set ({existing[0]}); "
-                "choose another output_dir or pass overwrite=True."
-            )
+    existing = [datalist_path] if datalist_path.exists() else sorted(p for p in root.glob("BraTS-DEMO-*") if p.is_dir())
+    if existing and not overwrite:
+        raise FileExistsError(f"'{root}' already contains a demo data set ({existing[0]}); pass overwrite=True to replace it.")
     root.mkdir(parents=True, exist_ok=True)
 
     entries = []
-    for i in _progress(range(num_cases), progress, num_cases):
+    for i in _progress(range(num_cases), progress):
         case = f"BraTS-DEMO-{i:05d}-000"
         subject = make_demo_subject(shape, seed=(seed, i), lesion_prob=lesion_prob)
         (root / case).mkdir(exist_ok=True)
@@ -349,18 +342,13 @@ def make_demo_dataset(
             entry[key] = rel
         entries.append(entry)
 
-    spacing = [float(s) for s in np.asarray(FOV_MM) / np.asarray(shape)]
     datalist = {
-        "description": "Synthetic BraTS-layout brain MR demo data (deformed MNI152 2009a anatomy from "
-        "nilearn, optional tumour-like lesion, contrasts t1n/t1c/t2w/t2f); generated by wdm_bundle.data.demo.",
-        "size": list(shape),
-        "spacing": spacing,
-        "seed": seed,
-        "lesion_prob": float(lesion_prob),
-        "contrasts": list(CONTRASTS),
+        "description": "Synthetic BraTS-layout brain MR demo data (deformed MNI152 2009a anatomy from nilearn, "
+        "optional tumour-like lesion) made by wdm_bundle.data.demo.",
+        "size": list(shape), "spacing": [float(s) for s in np.asarray(FOV_MM) / np.asarray(shape)],
+        "seed": seed, "lesion_prob": float(lesion_prob), "contrasts": list(CONTRASTS),
         "labels": {str(k): v for k, v in SEG_LABELS.items()},
-        "training": entries[: num_cases - num_test],
-        "test": entries[num_cases - num_test :],
+        "training": entries[: num_cases - num_test], "test": entries[num_cases - num_test :],
     }
     with open(datalist_path, "w") as f:
         json.dump(datalist, f, indent=2)

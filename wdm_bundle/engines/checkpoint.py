@@ -190,17 +190,21 @@ def load_weights(
         logger.warning(f"'{path}' has no '{key}' weights; using 'model'.")
         state = state["model"]
     target = unwrap_model(network)
-    try:
-        result = target.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # shape mismatches raise even with strict=False
-        raise ValueError(f"checkpoint '{path}' does not fit the network: {e}") from e
-    if strict and (result.missing_keys or result.unexpected_keys):
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"'{path}' holds no state_dict under '{key}' (keys: {sorted(state)[:10] if isinstance(state, dict) else type(state).__name__}).")
+    own = target.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                  if k in state and state[k].shape != own[k].shape]
+    if mismatched or (strict and (missing or unexpected)):
         def _fmt(keys: list[str]) -> str:
-            return ", ".join(keys[:20]) + (f", ... ({len(keys)} in all)" if len(keys) > 20 else "") if keys else "none"
+            return (", ".join(keys[:20]) + (f", ... ({len(keys)} in all)" if len(keys) > 20 else "")) if keys else "none"
 
         raise ValueError(
-            f"checkpoint '{path}' does not fit the network: missing keys: {_fmt(result.missing_keys)}; "
-            f"unexpected keys: {_fmt(result.unexpected_keys)}. Check the network settings (channels, "
-            "num_res_blocks, ...) match those used for training."
+            f"checkpoint '{path}' does not fit the network: missing keys: {_fmt(missing)}; unexpected keys: "
+            f"{_fmt(unexpected)}; shape mismatches (checkpoint vs network): {_fmt(mismatched)}. Check the network "
+            "settings (channels, num_res_blocks, ...) match those used for training."
         )
+    target.load_state_dict(state, strict=strict)
     return network

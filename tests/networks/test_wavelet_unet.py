@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from wdm_bundle.networks import PAPER_CHANNELS, WaveletDiffusionUNet
+
+SMALL = dict(channels=(8, 16), num_res_blocks=1, norm_num_groups=8)
+
+
+def test_wavelet_space_shapes():
+    net = WaveletDiffusionUNet(**SMALL)
+    assert (net.in_channels, net.out_channels) == (8, 8)
+    out = net(torch.randn(2, 8, 8, 8, 8), torch.tensor([0, 999]))
+    assert out.shape == (2, 8, 8, 8, 8)
+
+
+def test_condition_and_extra_channels():
+    net = WaveletDiffusionUNet(condition_channels=3, extra_channels=4, **SMALL)
+    assert net.in_channels == 8 + 24 + 4 and net.out_channels == 8
+    assert net(torch.randn(1, 36, 4, 4, 4), torch.tensor([5])).shape == (1, 8, 4, 4, 4)
+    with pytest.raises(ValueError, match="expected 36 input channels"):
+        net(torch.randn(1, 8, 4, 4, 4), torch.tensor([5]))
+
+
+def test_paper_sizes():
+    assert PAPER_CHANNELS[128] == (64, 128, 128, 256, 256)
+    assert PAPER_CHANNELS[256] == (64, 128, 128, 256, 256, 256)
+    net = WaveletDiffusionUNet()
+    assert net.image_size_multiple == 32
+    net.check_image_size((128, 128, 128))
+    with pytest.raises(ValueError, match="not divisible by 32"):
+        net.check_image_size((128, 128, 120), name="image_size")
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="norm_num_groups"):
+        WaveletDiffusionUNet(channels=(12, 16), norm_num_groups=8)
+    with pytest.raises(ValueError, match="image_channels"):
+        WaveletDiffusionUNet(image_channels=0, **SMALL)
