@@ -73,7 +73,7 @@ def build_datalist(
         raise FileNotFoundError(f"dataset_dir '{root}' does not exist or is not a folder.")
     cases = sorted(p for p in root.iterdir() if p.is_dir() and any(_is_nifti(f) for f in p.iterdir()))
     entries: list[dict[str, str]] = []
-    if cases and any(v is not None for v in keys.values()):
+    if cases and any(keys.values()):
         problems = []
         for case in cases:
             files = find_case_files(case)

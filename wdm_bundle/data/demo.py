@@ -256,7 +256,7 @@ def make_demo_subject(
     for name, rng in zip(CONTRASTS, r_images):
         means = np.asarray(_MEANS[name]) * rng.uniform(0.85, 1.2) * rng.uniform(0.9, 1.1, len(_TISSUES))
         bias = np.exp(rng.uniform(0.05, 0.15) * _smooth_noise(rng, shape, 3)).astype(np.float32)
-        noise_sd = rng.uniform(0.02, 0.04) * means[1]  # Rician noise, a few % of WM
+        noise_sd = float(rng.uniform(0.02, 0.04) * means[1])  # Rician noise, a few % of WM
         clean = sum(f * np.float32(m) for f, m in zip(fractions, means)) * bias
         real, imag = (noise_sd * rng.standard_normal(shape, np.float32) for _ in range(2))
         noisy = np.hypot(clean + real, imag)
@@ -327,7 +327,7 @@ def make_demo_dataset(
     datalist_path = root / "datalist.json"
     existing = [datalist_path] if datalist_path.exists() else sorted(p for p in root.glob("BraTS-DEMO-*") if p.is_dir())
     if existing and not overwrite:
-        raise FileExistsError(f"'{root}' already contains a demo data set ({existing[0]}); pass overwrite=True to replace it.")
+        raise FileExistsError(f"'{root}' already holds a demo data set ({existing[0]}); pass overwrite=True to replace it.")
     root.mkdir(parents=True, exist_ok=True)
 
     entries = []
