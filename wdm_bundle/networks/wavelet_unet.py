@@ -62,14 +62,15 @@ class WaveletDiffusionUNet(nn.Module):
                 f"condition_channels and extra_channels must be >= 0, got {condition_channels}, {extra_channels}."
             )
         bad = [c for c in channels if c % norm_num_groups]
-        if bad:
+        if bad and backbone is None:
             raise ValueError(f"norm_num_groups={norm_num_groups} must divide every entry of channels={tuple(channels)}.")
         self.image_channels = image_channels
         self.condition_channels = condition_channels
         self.extra_channels = extra_channels
         self.in_channels = 8 * (image_channels + condition_channels) + extra_channels
         self.out_channels = 8 * image_channels
-        self.num_levels = len(channels)
+        # a custom backbone states its own depth; MONAI's has one level per entry of `channels`
+        self.num_levels = int(getattr(backbone, "num_levels", len(channels)))
         self.wavelet = HaarWavelet3D(lll_scale)
         if backbone is None:
             backbone = DiffusionModelUNet(
@@ -83,6 +84,10 @@ class WaveletDiffusionUNet(nn.Module):
                 resblock_updown=resblock_updown,
                 **backbone_kwargs,
             )
+        backbone_in = getattr(backbone, "in_channels", self.in_channels)
+        if backbone_in != self.in_channels:
+            raise ValueError(f"backbone takes {backbone_in} input channels but this wrapper feeds it {self.in_channels} "
+                             f"(8 x ({image_channels} + {condition_channels}) + {extra_channels}).")
         self.backbone = backbone
 
     @property
