@@ -36,3 +36,14 @@ def test_bad_arguments():
         WaveletDiffusionUNet(channels=(12, 16), norm_num_groups=8)
     with pytest.raises(ValueError, match="image_channels"):
         WaveletDiffusionUNet(image_channels=0, **SMALL)
+
+
+def test_no_attention_anywhere_by_default():
+    net = WaveletDiffusionUNet(**SMALL)
+    names = [n for n, _ in net.named_modules()]
+    assert not any("attention" in n and not isinstance(m, torch.nn.Identity) for n, m in net.named_modules()), names
+    with_attn = WaveletDiffusionUNet(mid_block_attention=True, **SMALL)
+    assert sum(p.numel() for p in with_attn.parameters()) > sum(p.numel() for p in net.parameters())
+    mid = net.backbone.middle_block
+    assert isinstance(mid.attention, torch.nn.Identity)
+    assert type(mid.resnet_1).__name__ == type(mid.resnet_2).__name__ == "DiffusionUNetResnetBlock"

@@ -69,6 +69,7 @@ def validate_images(
     keys: Sequence[str] = ("image",),
     check_values: bool = True,
     size_multiple: int | None = None,
+    same_case_shapes: bool = False,
     progress: bool = True,
 ) -> int:
     """Open every file of ``datalist[*][keys]`` and check it is a readable, finite 3D volume.
@@ -79,6 +80,7 @@ def validate_images(
         check_values: also read the voxels and reject NaN/inf (slower; header only otherwise).
         size_multiple: if given, every spatial size must be divisible by it and all volumes must
             share one shape (use when volumes reach the network at their own size).
+        same_case_shapes: the files of one entry (e.g. the contrasts of a case) must share a shape.
 
     Returns:
         the number of files checked.
@@ -100,6 +102,17 @@ def validate_images(
                 problem = f"has shape {shape} but '{first_shape[0]}' has {first_shape[1]}; set 'roi_size' to pad/crop"
         if problem:
             problems.append(f"{path}: {problem}")
+    if same_case_shapes:
+        for entry in datalist:
+            shapes = {}
+            for k in keys:
+                try:
+                    shapes[entry[k]] = volume_shape(entry[k])
+                except Exception:
+                    continue  # already reported above
+            if len(set(shapes.values())) > 1:
+                listed = ", ".join(f"{p} {s}" for p, s in shapes.items())
+                problems.append(f"case '{entry.get('case', '?')}': its files have different shapes: {listed}")
     if problems:
         shown = "\n  ".join(problems[:50]) + (f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else "")
         raise InvalidDataError(f"{len(problems)} of {len(files)} input file(s) cannot be used:\n  {shown}")

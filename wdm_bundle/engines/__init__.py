@@ -9,9 +9,10 @@ from wdm_bundle.engines.checkpoint import (
 )
 from wdm_bundle.engines.generation import VolumeGenerator, centered_affine, sample_seed
 from wdm_bundle.engines.handlers import IterationBudget, PreviewSampler
-from wdm_bundle.engines.prepare_batch import WaveletPrepareBatch
+from wdm_bundle.engines.synthesis import CaseError, CaseResult, ContrastSynthesizer, write_like
+from wdm_bundle.engines.prepare_batch import SynthesisPrepareBatch, WaveletPrepareBatch, synthesis_inputs
 
 __all__ = [
-    "WaveletPrepareBatch", "IterationBudget", "PreviewSampler", "TrainingCheckpointer", "atomic_save",
-    "latest_checkpoint", "list_checkpoints", "load_weights", "VolumeGenerator", "centered_affine", "sample_seed",
+    "WaveletPrepareBatch", "SynthesisPrepareBatch", "synthesis_inputs", "IterationBudget", "PreviewSampler", "TrainingCheckpointer", "atomic_save",
+    "latest_checkpoint", "list_checkpoints", "load_weights", "VolumeGenerator", "ContrastSynthesizer", "CaseError", "CaseResult", "write_like", "centered_affine", "sample_seed",
 ]

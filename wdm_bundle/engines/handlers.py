@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from ignite.engine import Engine, Events
+from monai.data import list_data_collate
 from torch import nn
 
 from wdm_bundle.diffusion import WaveletDiffusionInferer, make_scheduler, unwrap_model
@@ -51,7 +52,9 @@ class PreviewSampler:
         every: iterations between previews.
         num_samples: volumes per preview.
         num_inference_steps: DDIM steps.
-        conditioning: optional (N, ...) wavelet-space condition channels for cWDM previews.
+        dataset, prepare_batch: for conditional models, the first ``num_samples`` items of
+            ``dataset`` go through ``prepare_batch`` (under a fixed seed) to give the condition
+            channels; their targets are shown beside the samples.
     """
 
     def __init__(
@@ -65,7 +68,8 @@ class PreviewSampler:
         num_inference_steps: int = 10,
         seed: int = 0,
         summary_writer=None,
-        conditioning: torch.Tensor | None = None,
+        dataset=None,
+        prepare_batch=None,
         enabled: bool = True,
     ) -> None:
         if len(image_shape) != 4:
@@ -81,7 +85,8 @@ class PreviewSampler:
         )
         self.seed = seed
         self.summary_writer = summary_writer
-        self.conditioning = conditioning
+        self.dataset = dataset
+        self.prepare_batch = prepare_batch
         self.enabled = enabled
 
     def attach(self, engine: Engine) -> None:
@@ -95,18 +100,37 @@ class PreviewSampler:
         c, *spatial = self.image_shape
         shape = (self.num_samples, 8 * c, *(s // 2 for s in spatial))
         noise = torch.randn(shape, generator=torch.Generator().manual_seed(self.seed)).to(device)
+        conditioning, targets = self._conditioning(device)
         was_training = model.training
         model.eval()
         try:
-            images = self.inferer.sample(noise, model, scheduler=self.scheduler, conditioning=self.conditioning,
-                                         verbose=False)
+            images = self.inferer.sample(noise[: len(conditioning) if conditioning is not None else None], model,
+                                         scheduler=self.scheduler, conditioning=conditioning, verbose=False)
         finally:
             model.train(was_training)
         it = engine.state.iteration
-        vols = [img[0] for img in images]
-        path = save_slices_png(vols, self.output_dir / f"preview_{it:08d}.png", self.inferer.data_range,
-                               titles=[f"sample {i}" for i in range(len(vols))])
+        vols, titles = [], []
+        for i, img in enumerate(images):
+            if targets is not None:
+                vols.append(targets[i, 0])
+                titles.append(f"target {i}")
+            vols.append(img[0])
+            titles.append(f"sample {i}")
+        path = save_slices_png(vols, self.output_dir / f"preview_{it:08d}.png", self.inferer.data_range, titles=titles)
         if self.summary_writer is not None:
             grid = slices_grid(vols, self.inferer.data_range)
             self.summary_writer.add_image("preview", grid, it, dataformats="HW")
         logger.info(f"preview at iteration {it}: {path}")
+
+    def _conditioning(self, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Condition channels and decoded targets of the first dataset items, or (None, None)."""
+        if self.dataset is None or self.prepare_batch is None:
+            return None, None
+        items = [self.dataset[i] for i in range(min(self.num_samples, len(self.dataset)))]
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(self.seed)  # same targets every preview, training RNG untouched
+            x0, _, _, kwargs = self.prepare_batch(list_data_collate(items), device)
+        condition = kwargs.get("condition")
+        if condition is None:
+            return None, None
+        return condition, unwrap_model(self.network).wavelet.decode(x0)

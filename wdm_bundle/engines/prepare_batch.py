@@ -11,7 +11,7 @@ from monai.engines.utils import DiffusionPrepareBatch
 
 from wdm_bundle.wavelets import HaarWavelet3D
 
-__all__ = ["WaveletPrepareBatch"]
+__all__ = ["WaveletPrepareBatch", "SynthesisPrepareBatch", "synthesis_inputs"]
 
 
 def _plain(x: torch.Tensor) -> torch.Tensor:
@@ -63,3 +63,91 @@ class WaveletPrepareBatch(DiffusionPrepareBatch):
             condition = _plain(batchdata[self.condition_name]).to(device, non_blocking=non_blocking, **kwargs)
             infer_kwargs["condition"] = self.wavelet.encode(condition)
         return x0, self.get_target(x0, noise, timesteps), (), infer_kwargs
+
+
+class SynthesisPrepareBatch(WaveletPrepareBatch):
+    """cWDM batches: one contrast is the target, the others are wavelet-encoded conditions.
+
+    The batch holds all contrasts stacked on the channel axis under ``contrasts_key``:
+    (B, K, D, H, W), in the order of the config's ``contrasts`` list.
+
+    * ``target_index`` given (one model per target contrast, as in the cWDM paper): the target is
+      that channel; the condition is the DWT of the other K-1 channels in order, 8(K-1) channels.
+    * ``target_index`` None (one model for any missing contrast): per sample a target is drawn at
+      random; the condition is the DWT of all K channels with the target's 8 coefficient channels
+      zeroed, followed by K one-hot channels that say which contrast is the target:
+      8K + K channels.
+
+    Args:
+        num_train_timesteps: T.
+        wavelet: the coder, normally ``network.wavelet``.
+        num_contrasts: K.
+        target_index: index of the fixed target contrast, or None for the unified model.
+        contrasts_key: batch key of the stacked contrasts.
+    """
+
+    def __init__(
+        self,
+        num_train_timesteps: int,
+        wavelet: HaarWavelet3D,
+        num_contrasts: int,
+        target_index: int | None = None,
+        contrasts_key: str = "images",
+    ) -> None:
+        super().__init__(num_train_timesteps, wavelet, image_key=contrasts_key, condition_name=None)
+        if num_contrasts < 2:
+            raise ValueError(f"num_contrasts must be >= 2 (a target and a source), got {num_contrasts}.")
+        if target_index is not None and not 0 <= target_index < num_contrasts:
+            raise ValueError(f"target_index must be in [0, {num_contrasts}) or None, got {target_index}.")
+        self.num_contrasts = num_contrasts
+        self.target_index = target_index
+
+    def get_target_indices(self, batch_size: int, device: torch.device) -> torch.Tensor:
+        """Target contrast per sample, (B,) long: fixed, or uniform at random for the unified model."""
+        if self.target_index is not None:
+            return torch.full((batch_size,), self.target_index, dtype=torch.long, device=device)
+        return torch.randint(0, self.num_contrasts, (batch_size,), device=device)
+
+    def __call__(
+        self,
+        batchdata: Mapping[str, torch.Tensor],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
+        stack = _plain(batchdata[self.image_key]).to(device, non_blocking=non_blocking, **kwargs)
+        if stack.shape[1] != self.num_contrasts:
+            raise ValueError(f"expected {self.num_contrasts} contrasts on the channel axis, got shape {tuple(stack.shape)}.")
+        targets = self.get_target_indices(stack.shape[0], stack.device)
+        x0, condition = synthesis_inputs(self.wavelet, stack, targets, unified=self.target_index is None)
+        noise = self.get_noise(x0)
+        timesteps = self.get_timesteps(x0)
+        infer_kwargs = {"noise": noise, "timesteps": timesteps, "condition": condition}
+        return x0, self.get_target(x0, noise, timesteps), (), infer_kwargs
+
+
+def synthesis_inputs(
+    wavelet: HaarWavelet3D, stack: torch.Tensor, targets: torch.Tensor, unified: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split stacked contrasts (B, K, D, H, W) into target coefficients and condition channels.
+
+    The target channel may hold anything (zeros at inference): it never reaches the condition.
+
+    Returns:
+        x0 (B, 8, d, h, w) of the targets and the condition: (B, 8(K-1), d, h, w) for fixed-target
+        models, (B, 8K + K, d, h, w) with the target slot zeroed plus one-hot channels if ``unified``.
+    """
+    b, k = stack.shape[:2]
+    coeffs = wavelet.encode(stack)  # (B, 8K, d, h, w); channel 8c + band
+    spatial = coeffs.shape[2:]
+    per_contrast = coeffs.reshape(b, k, 8, *spatial)
+    onehot = torch.nn.functional.one_hot(targets, k).to(coeffs.dtype)  # (B, K)
+    x0 = (per_contrast * onehot.view(b, k, 1, 1, 1, 1)).sum(1)
+    if unified:
+        kept = per_contrast * (1 - onehot).view(b, k, 1, 1, 1, 1)
+        indicator = onehot.view(b, k, 1, 1, 1).expand(b, k, *spatial)
+        condition = torch.cat([kept.reshape(b, 8 * k, *spatial), indicator], dim=1)
+    else:
+        keep = ~onehot.bool()
+        condition = per_contrast[keep].reshape(b, 8 * (k - 1), *spatial)
+    return x0, condition

@@ -34,6 +34,9 @@ class WaveletDiffusionUNet(nn.Module):
         attention_levels: self-attention per level (paper: none).
         norm_num_groups: GroupNorm groups; must divide every entry of ``channels``.
         resblock_updown: down/up-sample with residual blocks (paper: True).
+        mid_block_attention: keep the self-attention MONAI always puts between the two middle
+            ResBlocks. The paper has none (False); at the bottleneck of large cWDM volumes
+            (56x56x40 tokens) it would also need a quadratic-size attention matrix.
         lll_scale: divisor of the LLL band (reference: 3.0).
         backbone: an alternative backbone with the `DiffusionModelUNet` calling convention
             ``forward(x, timesteps, context=None)``; the sizes above are then ignored.
@@ -50,6 +53,7 @@ class WaveletDiffusionUNet(nn.Module):
         attention_levels: Sequence[bool] | None = None,
         norm_num_groups: int = 32,
         resblock_updown: bool = True,
+        mid_block_attention: bool = False,
         lll_scale: float = 3.0,
         backbone: nn.Module | None = None,
         **backbone_kwargs,
@@ -84,6 +88,8 @@ class WaveletDiffusionUNet(nn.Module):
                 resblock_updown=resblock_updown,
                 **backbone_kwargs,
             )
+            if not mid_block_attention:
+                backbone.middle_block.attention = nn.Identity()
         backbone_in = getattr(backbone, "in_channels", self.in_channels)
         if backbone_in != self.in_channels:
             raise ValueError(f"backbone takes {backbone_in} input channels but this wrapper feeds it {self.in_channels} "

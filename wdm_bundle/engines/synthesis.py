@@ -1,0 +1,259 @@
+"""`ContrastSynthesizer`: fill in the missing contrast of every case folder (BraSyn inference)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.networks.schedulers import Scheduler
+from monai.transforms import DivisiblePad, ResizeWithPadOrCrop, ScaleIntensityRangePercentiles
+from torch import nn
+from tqdm.auto import tqdm
+
+from wdm_bundle.data.datalists import find_case_files
+from wdm_bundle.diffusion import WaveletDiffusionInferer, unwrap_model
+from wdm_bundle.engines.checkpoint import load_weights
+from wdm_bundle.engines.generation import sample_seed
+from wdm_bundle.engines.prepare_batch import synthesis_inputs
+from wdm_bundle.visualize import save_slices_png
+
+__all__ = ["CaseError", "CaseResult", "ContrastSynthesizer", "write_like"]
+
+logger = logging.getLogger(__name__)
+
+
+class CaseError(Exception):
+    """A case cannot be processed; the message says why. The run goes on with the next case."""
+
+
+@dataclass
+class CaseResult:
+    case: str
+    status: str  # "ok", "exists" (kept, not redone) or "failed"
+    missing: str | None = None
+    output: str | None = None
+    message: str = ""
+
+
+def write_like(data: np.ndarray, reference: nib.Nifti1Image, path: str | os.PathLike) -> None:
+    """Write float32 ``data`` with the affine and header of ``reference``, atomically."""
+    header = reference.header.copy()
+    header.set_data_dtype(np.float32)
+    img = nib.Nifti1Image(data.astype(np.float32), reference.affine, header)
+    img.header.set_slope_inter(1.0, 0.0)
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".nii.gz", dir=path.parent)
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class ContrastSynthesizer:
+    """For each case folder ``<input_dir>/<case>/<case>-<contrast>.nii.gz``, synthesise the one missing contrast.
+
+    Per case: find the missing contrast, pick its model (or the unified one), normalise each input
+    to [0, 1] (percentile clip), pad/crop to ``roi_size`` (or pad to the network's multiple), sample,
+    undo the pad/crop, zero the background where all inputs are zero, and write
+    ``<output_dir>/<case>-<missing>.nii.gz`` with the inputs' affine and header. A bad case is
+    reported and skipped; after all cases a summary is logged and written to
+    ``synthesis_summary.json``, and a RuntimeError is raised if any case failed.
+
+    Args:
+        network_factory: makes a network given ``condition_channels`` and ``extra_channels``
+            (a config item with ``"_mode_": "callable"``).
+        contrasts: all contrast names in slot order, e.g. ["t1n", "t1c", "t2w", "t2f"].
+        unified: one model for any missing contrast (``ckpt_path``) instead of one per target
+            (``ckpt_paths[missing]``).
+        roi_size: (D, H, W) the models were trained on, or None to pad to the network's multiple.
+        clip_percentiles: per-volume intensity clip before scaling to [0, 1].
+    """
+
+    def __init__(
+        self,
+        network_factory: Callable[..., nn.Module],
+        contrasts: Sequence[str],
+        inferer: WaveletDiffusionInferer,
+        scheduler: Scheduler,
+        input_dir: str | os.PathLike,
+        output_dir: str | os.PathLike,
+        unified: bool = True,
+        ckpt_path: str | os.PathLike | None = None,
+        ckpt_paths: Mapping[str, str | os.PathLike] | None = None,
+        roi_size: Sequence[int] | None = (224, 224, 160),
+        clip_percentiles: Sequence[float] = (0.1, 99.9),
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        use_ema: bool = True,
+        overwrite: bool = False,
+        amp: bool = False,
+        save_png: bool = True,
+        progress: bool = True,
+    ) -> None:
+        if len(contrasts) < 2 or len(set(contrasts)) != len(contrasts):
+            raise ValueError(f"contrasts must name at least 2 distinct contrasts, got {list(contrasts)}.")
+        if unified and not ckpt_path:
+            raise ValueError("unified=True needs ckpt_path (the unified model's weights).")
+        if not unified and not ckpt_paths:
+            raise ValueError("unified=False needs ckpt_paths: {contrast: weights of the model that synthesises it}.")
+        self.network_factory = network_factory
+        self.contrasts = list(contrasts)
+        self.inferer = inferer
+        self.scheduler = scheduler
+        self.input_dir = Path(input_dir)
+        self.output_dir = Path(output_dir)
+        self.unified = unified
+        self.ckpt_path = ckpt_path
+        self.ckpt_paths = dict(ckpt_paths or {})
+        self.roi_size = tuple(int(s) for s in roi_size) if roi_size else None
+        self.normalize = ScaleIntensityRangePercentiles(
+            lower=clip_percentiles[0], upper=clip_percentiles[1], b_min=0.0, b_max=1.0, clip=True
+        )
+        self.device = torch.device(device)
+        self.seed = seed
+        self.use_ema = use_ema
+        self.overwrite = overwrite
+        self.amp = amp
+        self.save_png = save_png
+        self.progress = progress
+        self._networks: dict[str, nn.Module] = {}
+
+    def network_for(self, missing: str) -> nn.Module:
+        """The (cached) network that synthesises ``missing``, weights loaded."""
+        key = "unified" if self.unified else missing
+        if key not in self._networks:
+            k = len(self.contrasts)
+            if self.unified:
+                net, path = self.network_factory(condition_channels=k, extra_channels=k), self.ckpt_path
+            else:
+                if missing not in self.ckpt_paths:
+                    raise CaseError(f"no model for target '{missing}': ckpt_paths has {sorted(self.ckpt_paths)}.")
+                net, path = self.network_factory(condition_channels=k - 1, extra_channels=0), self.ckpt_paths[missing]
+            try:
+                load_weights(net, path, key="ema" if self.use_ema else "model")
+            except FileNotFoundError as e:
+                raise CaseError(str(e)) from e
+            if self.roi_size:
+                net.check_image_size(self.roi_size, name="roi_size")
+            self._networks[key] = net.to(self.device).eval()
+        return self._networks[key]
+
+    def cases(self) -> list[Path]:
+        if not self.input_dir.is_dir():
+            raise FileNotFoundError(f"input_dir '{self.input_dir}' does not exist or is not a folder.")
+        cases = sorted(p for p in self.input_dir.iterdir() if p.is_dir())
+        if not cases:
+            raise ValueError(f"input_dir '{self.input_dir}' holds no case folders (<case>/<case>-<contrast>.nii.gz).")
+        return cases
+
+    def _load_inputs(self, case_dir: Path) -> tuple[str, dict[str, nib.Nifti1Image], dict[str, np.ndarray]]:
+        files = find_case_files(case_dir)
+        available = [c for c in self.contrasts if c in files]
+        missing = [c for c in self.contrasts if c not in files]
+        if not missing:
+            raise CaseError(f"no contrast is missing (has all of {self.contrasts}); nothing to synthesise.")
+        if len(missing) > 1:
+            raise CaseError(f"{len(missing)} contrasts are missing ({', '.join(missing)}); exactly one may be missing. "
+                            f"Found: {', '.join(available) or 'no input files'}.")
+        images, arrays = {}, {}
+        for c in available:
+            try:
+                images[c] = nib.load(files[c])
+                arrays[c] = np.asarray(images[c].get_fdata(dtype=np.float32))
+            except Exception as e:
+                raise CaseError(f"{files[c]}: cannot be read as NIfTI ({type(e).__name__}: {e})") from e
+            if arrays[c].ndim != 3:
+                raise CaseError(f"{files[c]}: is {arrays[c].ndim}D with shape {arrays[c].shape}; expected 3D.")
+            if not np.isfinite(arrays[c]).all():
+                raise CaseError(f"{files[c]}: contains NaN/inf voxels.")
+        shapes = {c: a.shape for c, a in arrays.items()}
+        if len(set(shapes.values())) > 1:
+            raise CaseError("inputs have different shapes: " + ", ".join(f"{c} {s}" for c, s in shapes.items()))
+        ref = images[available[0]]
+        for c in available[1:]:
+            if not np.allclose(images[c].affine, ref.affine, atol=1e-3):
+                raise CaseError(f"{files[c]}: affine differs from {files[available[0]]}; inputs must be co-registered.")
+        return missing[0], images, arrays
+
+    @torch.no_grad()
+    def synthesize(self, arrays: Mapping[str, np.ndarray], missing: str, case: str = "") -> np.ndarray:
+        """Synthesise ``missing`` from raw input arrays (D, H, W); returns (D, H, W) in [0, 1], background 0."""
+        shape = next(iter(arrays.values())).shape
+        net = self.network_for(missing)
+        slots = []
+        for c in self.contrasts:
+            vol = torch.from_numpy(arrays[c])[None] if c in arrays else torch.zeros(1, *shape)
+            slots.append(self.normalize(vol) if c in arrays else vol)
+        stack = torch.cat(slots)[None]  # (1, K, D, H, W)
+        if self.roi_size:
+            fit = ResizeWithPadOrCrop(self.roi_size)
+        else:
+            fit = DivisiblePad(k=unwrap_model(net).image_size_multiple)
+        stack = torch.as_tensor(fit(stack[0]))[None].to(self.device)
+        targets = torch.tensor([self.contrasts.index(missing)], device=self.device)
+        _, condition = synthesis_inputs(unwrap_model(net).wavelet, stack, targets, unified=self.unified)
+        seed = sample_seed(self.seed, zlib.crc32(case.encode()))
+        noise = torch.randn((1, 8, *condition.shape[2:]), generator=torch.Generator().manual_seed(seed)).to(self.device)
+        generator = torch.Generator(self.device).manual_seed(seed)
+        amp_dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
+        with torch.autocast(self.device.type, dtype=amp_dtype, enabled=self.amp):
+            image = self.inferer.sample(noise, net, scheduler=self.scheduler, conditioning=condition,
+                                        generator=generator, verbose=False)
+        out = ResizeWithPadOrCrop(shape)(image[0].float().cpu())[0]  # undo pad/crop: back to the case's grid
+        out = torch.as_tensor(out).numpy()
+        background = np.all([a == 0 for a in arrays.values()], axis=0)
+        out[background] = 0.0
+        return out
+
+    def process(self, case_dir: Path) -> CaseResult:
+        case = case_dir.name
+        missing, images, arrays = self._load_inputs(case_dir)
+        out_path = self.output_dir / f"{case}-{missing}.nii.gz"
+        if out_path.exists() and not self.overwrite:
+            return CaseResult(case, "exists", missing, str(out_path), "kept the existing output; --overwrite true redoes it")
+        result = self.synthesize(arrays, missing, case)
+        write_like(result, images[next(iter(images))], out_path)
+        if self.save_png:
+            names = [c for c in self.contrasts if c in arrays] + [f"{missing} (synthesised)"]
+            vols = [self.normalize(torch.from_numpy(arrays[c])[None])[0] for c in self.contrasts if c in arrays]
+            save_slices_png([*vols, result], out_path.with_name(f"{case}-{missing}.png"), (0.0, 1.0), titles=names)
+        return CaseResult(case, "ok", missing, str(out_path))
+
+    def run(self) -> list[CaseResult]:
+        """Process every case; raises RuntimeError at the end if any case failed."""
+        cases = self.cases()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        results = []
+        for case_dir in tqdm(cases, desc="cases", disable=not self.progress):
+            try:
+                results.append(self.process(case_dir))
+                r = results[-1]
+                logger.info(f"{r.case}: {'wrote' if r.status == 'ok' else 'kept existing'} {r.output}")
+            except CaseError as e:
+                results.append(CaseResult(case_dir.name, "failed", message=str(e)))
+                logger.error(f"{case_dir.name}: skipped: {e}")
+        failed = [r for r in results if r.status == "failed"]
+        kept = sum(r.status == "exists" for r in results)
+        summary = {"input_dir": str(self.input_dir), "num_cases": len(results), "num_ok": len(results) - len(failed) - kept,
+                   "num_kept": kept, "num_failed": len(failed), "cases": [asdict(r) for r in results]}
+        (self.output_dir / "synthesis_summary.json").write_text(json.dumps(summary, indent=2))
+        logger.info(f"synthesised {summary['num_ok']} of {len(results)} case(s) into '{self.output_dir}' "
+                    f"({kept} kept from before, {len(failed)} failed).")
+        if failed:
+            lines = "\n  ".join(f"{r.case}: {r.message}" for r in failed)
+            raise RuntimeError(f"{len(failed)} of {len(results)} case(s) failed:\n  {lines}")
+        return results
