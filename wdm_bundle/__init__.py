@@ -1,6 +1,6 @@
 """wdm-bundle: 3D wavelet diffusion models (WDM, cWDM) as a MONAI bundle."""
 
-from wdm_bundle import data, diffusion, engines, metrics, networks, wavelets
+from wdm_bundle import data, diffusion, engines, metrics, networks, utils, wavelets
 
 __version__ = "0.1.0"
-__all__ = ["data", "diffusion", "engines", "metrics", "networks", "wavelets", "__version__"]
+__all__ = ["data", "diffusion", "engines", "metrics", "networks", "utils", "wavelets", "__version__"]

@@ -47,3 +47,25 @@ def test_no_attention_anywhere_by_default():
     mid = net.backbone.middle_block
     assert isinstance(mid.attention, torch.nn.Identity)
     assert type(mid.resnet_1).__name__ == type(mid.resnet_2).__name__ == "DiffusionUNetResnetBlock"
+
+
+def test_backbone_factory_gives_each_network_its_own_backbone():
+    from functools import partial
+
+    from monai.networks.nets import DiffusionModelUNet
+
+    make = partial(DiffusionModelUNet, spatial_dims=3, in_channels=8, out_channels=8, channels=(8, 8),
+                   attention_levels=(False, False), norm_num_groups=8, num_res_blocks=1)
+    a, b = WaveletDiffusionUNet(backbone=make), WaveletDiffusionUNet(backbone=make)
+    assert a.backbone is not b.backbone
+    with pytest.raises(ValueError, match="backbone takes 8 input channels but this wrapper feeds it 16"):
+        WaveletDiffusionUNet(condition_channels=1, backbone=make)
+
+
+def test_as_bool_reads_command_line_switches():
+    from wdm_bundle.utils import as_bool
+
+    assert [as_bool(v) for v in (True, "true", "True", "1", 1, "yes")] == [True] * 6
+    assert [as_bool(v) for v in (False, "false", "FALSE", "0", 0, None, "no")] == [False] * 7
+    with pytest.raises(ValueError, match="resume must be true or false"):
+        as_bool("maybe", "resume")

@@ -18,6 +18,7 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from wdm_bundle.diffusion.inferer import unwrap_model
+from wdm_bundle.utils import as_bool
 
 __all__ = ["atomic_save", "list_checkpoints", "latest_checkpoint", "TrainingCheckpointer", "load_weights"]
 
@@ -103,10 +104,10 @@ class TrainingCheckpointer:
             self.objects["optimizer"] = optimizer
         self.save_every = save_every
         self.n_saved = n_saved
-        self.resume = resume
-        self.overwrite = overwrite
+        self.resume = as_bool(resume, "resume")
+        self.overwrite = as_bool(overwrite, "overwrite")
         self.map_location = map_location
-        self.enabled = enabled
+        self.enabled = as_bool(enabled, "enabled")
         self._last_saved = -1
 
     def _state_objects(self, engine: Engine) -> dict[str, Any]:

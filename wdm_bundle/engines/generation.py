@@ -15,6 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from wdm_bundle.diffusion import WaveletDiffusionInferer, unwrap_model
+from wdm_bundle.utils import as_bool
 from wdm_bundle.visualize import save_slices_png
 
 __all__ = ["VolumeGenerator", "centered_affine", "sample_seed"]
@@ -86,10 +87,10 @@ class VolumeGenerator:
         self.affine = centered_affine(self.image_shape[1:], spacing)
         self.device = torch.device(device)
         self.file_prefix = file_prefix
-        self.overwrite = overwrite
-        self.save_png = save_png
-        self.amp = amp
-        self.progress = progress
+        self.overwrite = as_bool(overwrite, "overwrite")
+        self.save_png = as_bool(save_png, "save_png")
+        self.amp = as_bool(amp, "amp")
+        self.progress = as_bool(progress, "progress")
 
     def output_paths(self) -> list[Path]:
         return [self.output_dir / f"{self.file_prefix}_{i:04d}.nii.gz" for i in range(self.num_samples)]

@@ -13,6 +13,7 @@ from monai.data import list_data_collate
 from torch import nn
 
 from wdm_bundle.diffusion import WaveletDiffusionInferer, make_scheduler, unwrap_model
+from wdm_bundle.utils import as_bool
 from wdm_bundle.visualize import save_slices_png, slices_grid
 
 __all__ = ["IterationBudget", "PreviewSampler"]
@@ -87,7 +88,7 @@ class PreviewSampler:
         self.summary_writer = summary_writer
         self.dataset = dataset
         self.prepare_batch = prepare_batch
-        self.enabled = enabled
+        self.enabled = as_bool(enabled, "enabled")
 
     def attach(self, engine: Engine) -> None:
         if self.enabled and self.every > 0:

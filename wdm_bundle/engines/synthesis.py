@@ -24,6 +24,7 @@ from wdm_bundle.diffusion import WaveletDiffusionInferer, unwrap_model
 from wdm_bundle.engines.checkpoint import load_weights
 from wdm_bundle.engines.generation import sample_seed
 from wdm_bundle.engines.prepare_batch import synthesis_inputs
+from wdm_bundle.utils import as_bool
 from wdm_bundle.visualize import save_slices_png
 
 __all__ = ["CaseError", "CaseResult", "ContrastSynthesizer", "write_like"]
@@ -104,6 +105,7 @@ class ContrastSynthesizer:
         save_png: bool = True,
         progress: bool = True,
     ) -> None:
+        unified = as_bool(unified, "unified")
         if len(contrasts) < 2 or len(set(contrasts)) != len(contrasts):
             raise ValueError(f"contrasts must name at least 2 distinct contrasts, got {list(contrasts)}.")
         if unified and not ckpt_path:
@@ -125,11 +127,11 @@ class ContrastSynthesizer:
         )
         self.device = torch.device(device)
         self.seed = seed
-        self.use_ema = use_ema
-        self.overwrite = overwrite
-        self.amp = amp
-        self.save_png = save_png
-        self.progress = progress
+        self.use_ema = as_bool(use_ema, "use_ema")
+        self.overwrite = as_bool(overwrite, "overwrite")
+        self.amp = as_bool(amp, "amp")
+        self.save_png = as_bool(save_png, "save_png")
+        self.progress = as_bool(progress, "progress")
         self._networks: dict[str, nn.Module] = {}
 
     def network_for(self, missing: str) -> nn.Module:

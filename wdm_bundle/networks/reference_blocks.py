@@ -61,10 +61,14 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 1000
 
 
 class GroupNorm32(nn.GroupNorm):
-    """`nn.GroupNorm` evaluated in float32 and cast back to the input dtype (as the reference, for AMP)."""
+    """`nn.GroupNorm` evaluated in (at least) float32 and cast back to the input dtype, as the reference, for AMP."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        if x.dtype == torch.float64:
+            return super().forward(x)
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).type(x.dtype)
 
 
 def conv_nd(spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int) -> nn.Module:
@@ -118,6 +122,8 @@ class ResBlock(nn.Module):
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
             if value < 1 or value % norm_num_groups:
                 raise ValueError(f"{name}={value} must be a positive multiple of norm_num_groups={norm_num_groups}.")
+        if resample is not None and resample not in set(Resample):
+            raise ValueError(f"resample must be None or one of {[m.value for m in Resample]}, got {resample!r}.")
         self.resample = Resample(resample) if resample is not None else None
         if self.resample is not None and in_channels != out_channels:
             raise ValueError(

@@ -28,7 +28,7 @@ __all__ = ["SkipMode", "WDMUNet", "check_backbone_args", "check_backbone_input"]
 
 
 class SkipMode(StrEnum):
-    """How a decoder block merges the encoder feature map ``s``: ``add`` = (h + s) / 2 (WDM), ``concat`` = [h, s] (cWDM)."""
+    """How a decoder block merges the encoder map ``s``: ``add`` = (h + s) / 2 (WDM), ``concat`` = [h, s] (cWDM)."""
 
     ADD = "add"
     CONCAT = "concat"
@@ -124,12 +124,16 @@ class WDMUNet(nn.Module):
         self.out_channels = out_channels
         self.channels = tuple(int(c) for c in channels)
         self.num_res_blocks = num_res_blocks
+        if skip_mode not in set(SkipMode):
+            raise ValueError(f"skip_mode must be one of {[m.value for m in SkipMode]}, got {skip_mode!r}.")
         self.skip_mode = SkipMode(skip_mode)
         base = self.channels[0]
         self.embed_channels = 4 * base
 
         def res(c_in: int, c_out: int, resample: str | None = None) -> ResBlock:
-            return ResBlock(spatial_dims, c_in, c_out, self.embed_channels, norm_num_groups, norm_eps, dropout, resample)
+            return ResBlock(
+                spatial_dims, c_in, c_out, self.embed_channels, norm_num_groups, norm_eps, dropout, resample
+            )
 
         self.time_embed = make_time_embed(base, self.embed_channels)
 

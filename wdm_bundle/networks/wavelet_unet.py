@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from monai.networks.nets import DiffusionModelUNet
@@ -39,7 +39,8 @@ class WaveletDiffusionUNet(nn.Module):
             (56x56x40 tokens) it would also need a quadratic-size attention matrix.
         lll_scale: divisor of the LLL band (reference: 3.0).
         backbone: an alternative backbone with the `DiffusionModelUNet` calling convention
-            ``forward(x, timesteps, context=None)``; the sizes above are then ignored.
+            ``forward(x, timesteps, context=None)``, or a callable that builds one (so that a
+            config factory makes a fresh backbone per network); the sizes above are then ignored.
         **backbone_kwargs: further `DiffusionModelUNet` arguments.
     """
 
@@ -55,10 +56,12 @@ class WaveletDiffusionUNet(nn.Module):
         resblock_updown: bool = True,
         mid_block_attention: bool = False,
         lll_scale: float = 3.0,
-        backbone: nn.Module | None = None,
+        backbone: nn.Module | Callable[[], nn.Module] | None = None,
         **backbone_kwargs,
     ) -> None:
         super().__init__()
+        if backbone is not None and not isinstance(backbone, nn.Module):
+            backbone = backbone()
         if image_channels < 1:
             raise ValueError(f"image_channels must be >= 1, got {image_channels}.")
         if condition_channels < 0 or extra_channels < 0:
