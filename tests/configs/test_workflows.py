@@ -159,3 +159,17 @@ def test_cli_rejects_bad_input_before_training(repo_root, tmp_path):
     assert result.returncode != 0
     assert "vol1.nii.gz: contains 1 NaN/inf voxels" in result.stderr
     assert not (tmp_path / "models").exists()
+
+
+def test_image_space_ddpm_baseline_config(repo_root, demo_data, tmp_path):
+    """The paper's baseline: the same U-Net on the images (no DWT), from one override file."""
+    wf = _workflow(repo_root, ["train.json", "demo.json", "ddpm_image_space.json"], "train", bundle_root=str(tmp_path),
+                   dataset_dir=str(demo_data), num_iterations=4, save_every=4, preview_every=4, num_workers=0)
+    net = wf.parser.get_parsed_content("network_def")
+    assert net.space == "image" and net.in_channels == 1
+    wf.run()
+    wf.finalize()
+    wf = _workflow(repo_root, ["inference.json", "demo.json", "ddpm_image_space.json"], "infer",
+                   bundle_root=str(tmp_path), num_samples=1, num_inference_steps=2, progress=False)
+    wf.run()
+    assert nib.load(tmp_path / "samples" / "sample_0000.nii.gz").shape == (32, 32, 32)

@@ -114,6 +114,13 @@ def test_missing_or_empty_input_dir(tmp_path):
         _synthesizer(tmp_path, tmp_path / "empty").run()
 
 
+def test_missing_unified_weights_fail_before_any_case(tmp_path):
+    _case(tmp_path / "in", "x", ["t1n", "t1c", "t2w"], shape=(16, 16, 16))
+    with pytest.raises(FileNotFoundError, match="unified model weights"):
+        _synthesizer(tmp_path, tmp_path / "in", ckpt_path=tmp_path / "none.pt", roi_size=None).run()
+    assert not (tmp_path / "out").exists()
+
+
 def test_per_contrast_models_need_their_weights(tmp_path):
     _case(tmp_path / "in", "x", ["t1n", "t1c", "t2w"], shape=(16, 16, 16))
     with pytest.raises(RuntimeError, match="no model for target 't2f'"):

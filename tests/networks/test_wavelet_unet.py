@@ -69,3 +69,13 @@ def test_as_bool_reads_command_line_switches():
     assert [as_bool(v) for v in (False, "false", "FALSE", "0", 0, None, "no")] == [False] * 7
     with pytest.raises(ValueError, match="resume must be true or false"):
         as_bool("maybe", "resume")
+
+
+def test_image_space_baseline_network():
+    net = WaveletDiffusionUNet(space="image", **SMALL)
+    assert (net.in_channels, net.out_channels, net.image_size_multiple) == (1, 1, 2)
+    assert net.wavelet.coefficient_shape((1, 16, 16, 16)) == (1, 16, 16, 16)
+    assert net(torch.randn(2, 1, 16, 16, 16), torch.tensor([3, 4])).shape == (2, 1, 16, 16, 16)
+    assert WaveletDiffusionUNet(**SMALL).wavelet.coefficient_shape((1, 16, 16, 16)) == (8, 8, 8, 8)
+    with pytest.raises(ValueError, match="space"):
+        WaveletDiffusionUNet(space="fourier", **SMALL)

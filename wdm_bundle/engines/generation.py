@@ -96,8 +96,7 @@ class VolumeGenerator:
         return [self.output_dir / f"{self.file_prefix}_{i:04d}.nii.gz" for i in range(self.num_samples)]
 
     def _noise(self, indices: Sequence[int]) -> torch.Tensor:
-        c, *spatial = self.image_shape
-        shape = (8 * c, *(s // 2 for s in spatial))
+        shape = unwrap_model(self.network).wavelet.coefficient_shape(self.image_shape)
         return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(sample_seed(self.seed, i)))
                             for i in indices]).to(self.device)
 

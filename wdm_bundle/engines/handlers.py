@@ -98,8 +98,7 @@ class PreviewSampler:
     def __call__(self, engine: Engine) -> None:
         model = unwrap_model(self.network)
         device = next(model.parameters()).device
-        c, *spatial = self.image_shape
-        shape = (self.num_samples, 8 * c, *(s // 2 for s in spatial))
+        shape = (self.num_samples, *model.wavelet.coefficient_shape(self.image_shape))
         noise = torch.randn(shape, generator=torch.Generator().manual_seed(self.seed)).to(device)
         conditioning, targets = self._conditioning(device)
         was_training = model.training

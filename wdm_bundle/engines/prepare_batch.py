@@ -140,14 +140,15 @@ def synthesis_inputs(
     b, k = stack.shape[:2]
     coeffs = wavelet.encode(stack)  # (B, 8K, d, h, w); channel 8c + band
     spatial = coeffs.shape[2:]
-    per_contrast = coeffs.reshape(b, k, 8, *spatial)
+    n = wavelet.bands
+    per_contrast = coeffs.reshape(b, k, n, *spatial)
     onehot = torch.nn.functional.one_hot(targets, k).to(coeffs.dtype)  # (B, K)
     x0 = (per_contrast * onehot.view(b, k, 1, 1, 1, 1)).sum(1)
     if unified:
         kept = per_contrast * (1 - onehot).view(b, k, 1, 1, 1, 1)
         indicator = onehot.view(b, k, 1, 1, 1).expand(b, k, *spatial)
-        condition = torch.cat([kept.reshape(b, 8 * k, *spatial), indicator], dim=1)
+        condition = torch.cat([kept.reshape(b, n * k, *spatial), indicator], dim=1)
     else:
         keep = ~onehot.bool()
-        condition = per_contrast[keep].reshape(b, 8 * (k - 1), *spatial)
+        condition = per_contrast[keep].reshape(b, n * (k - 1), *spatial)
     return x0, condition

@@ -209,7 +209,7 @@ class ContrastSynthesizer:
         targets = torch.tensor([self.contrasts.index(missing)], device=self.device)
         _, condition = synthesis_inputs(unwrap_model(net).wavelet, stack, targets, unified=self.unified)
         seed = sample_seed(self.seed, zlib.crc32(case.encode()))
-        noise = torch.randn((1, 8, *condition.shape[2:]), generator=torch.Generator().manual_seed(seed)).to(self.device)
+        noise = torch.randn((1, unwrap_model(net).out_channels, *condition.shape[2:]), generator=torch.Generator().manual_seed(seed)).to(self.device)
         generator = torch.Generator(self.device).manual_seed(seed)
         amp_dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
         with torch.autocast(self.device.type, dtype=amp_dtype, enabled=self.amp):
@@ -238,6 +238,9 @@ class ContrastSynthesizer:
     def run(self) -> list[CaseResult]:
         """Process every case; raises RuntimeError at the end if any case failed."""
         cases = self.cases()
+        if self.unified and not Path(self.ckpt_path).is_file():
+            raise FileNotFoundError(f"unified model weights '{self.ckpt_path}' do not exist; train first or pass "
+                                    "--ckpt_path (or --unified false with per-contrast models).")
         self.output_dir.mkdir(parents=True, exist_ok=True)
         results = []
         for case_dir in tqdm(cases, desc="cases", disable=not self.progress):

@@ -8,7 +8,7 @@ import torch
 from monai.networks.nets import DiffusionModelUNet
 from torch import nn
 
-from wdm_bundle.wavelets import HaarWavelet3D
+from wdm_bundle.wavelets import HaarWavelet3D, ImageSpace
 
 __all__ = ["WaveletDiffusionUNet", "PAPER_CHANNELS"]
 
@@ -38,6 +38,8 @@ class WaveletDiffusionUNet(nn.Module):
             ResBlocks. The paper has none (False); at the bottleneck of large cWDM volumes
             (56x56x40 tokens) it would also need a quadratic-size attention matrix.
         lll_scale: divisor of the LLL band (reference: 3.0).
+        space: ``"wavelet"`` (WDM) or ``"image"``: the same U-Net on the images themselves, the
+            paper's image-space 3D DDPM baseline (C channels in and out instead of 8C).
         backbone: an alternative backbone with the `DiffusionModelUNet` calling convention
             ``forward(x, timesteps, context=None)``, or a callable that builds one (so that a
             config factory makes a fresh backbone per network); the sizes above are then ignored.
@@ -56,6 +58,7 @@ class WaveletDiffusionUNet(nn.Module):
         resblock_updown: bool = True,
         mid_block_attention: bool = False,
         lll_scale: float = 3.0,
+        space: str = "wavelet",
         backbone: nn.Module | Callable[[], nn.Module] | None = None,
         **backbone_kwargs,
     ) -> None:
@@ -74,11 +77,15 @@ class WaveletDiffusionUNet(nn.Module):
         self.image_channels = image_channels
         self.condition_channels = condition_channels
         self.extra_channels = extra_channels
-        self.in_channels = 8 * (image_channels + condition_channels) + extra_channels
-        self.out_channels = 8 * image_channels
+        if space not in ("wavelet", "image"):
+            raise ValueError(f"space must be 'wavelet' or 'image', got '{space}'.")
+        self.space = space
+        self.wavelet = HaarWavelet3D(lll_scale) if space == "wavelet" else ImageSpace()
+        bands = self.wavelet.bands
+        self.in_channels = bands * (image_channels + condition_channels) + extra_channels
+        self.out_channels = bands * image_channels
         # a custom backbone states its own depth; MONAI's has one level per entry of `channels`
         self.num_levels = int(getattr(backbone, "num_levels", len(channels)))
-        self.wavelet = HaarWavelet3D(lll_scale)
         if backbone is None:
             backbone = DiffusionModelUNet(
                 spatial_dims=3,
@@ -96,13 +103,13 @@ class WaveletDiffusionUNet(nn.Module):
         backbone_in = getattr(backbone, "in_channels", self.in_channels)
         if backbone_in != self.in_channels:
             raise ValueError(f"backbone takes {backbone_in} input channels but this wrapper feeds it {self.in_channels} "
-                             f"(8 x ({image_channels} + {condition_channels}) + {extra_channels}).")
+                             f"({bands} x ({image_channels} + {condition_channels}) + {extra_channels}).")
         self.backbone = backbone
 
     @property
     def image_size_multiple(self) -> int:
-        """Image sizes must be divisible by this: 2 for the DWT times 2 per U-Net downsampling."""
-        return 2 ** self.num_levels
+        """Image sizes must be divisible by this: 2 for the DWT (wavelet space) times 2 per U-Net downsampling."""
+        return self.wavelet.scale * 2 ** (self.num_levels - 1)
 
     def check_image_size(self, size: Sequence[int], name: str = "image") -> None:
         """Raise a ValueError naming `name` if `size` (D, H, W) cannot pass through the network."""
@@ -111,7 +118,8 @@ class WaveletDiffusionUNet(nn.Module):
         if bad:
             raise ValueError(
                 f"{name}: spatial size {tuple(int(s) for s in size)} is not divisible by {multiple} "
-                f"(1 DWT level x {self.num_levels - 1} U-Net downsamplings); pad or crop it, e.g. set "
+                f"({'1 DWT level and ' if self.space == 'wavelet' else ''}{self.num_levels - 1} U-Net "
+                "downsamplings); pad or crop it, e.g. set "
                 f"'image_size' to a multiple of {multiple}."
             )
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from collections.abc import Sequence
+
 from wdm_bundle.wavelets.constants import LLL_INDEX
 from wdm_bundle.wavelets.functional import dwt3d, idwt3d
 
-__all__ = ["HaarWavelet3D"]
+__all__ = ["HaarWavelet3D", "ImageSpace"]
 
 
 class HaarWavelet3D(nn.Module):
@@ -21,6 +23,9 @@ class HaarWavelet3D(nn.Module):
     Args:
         lll_scale: divisor of the LLL band (the reference uses 3.0; 1.0 disables the scaling).
     """
+
+    bands = 8  # coefficient channels per image channel
+    scale = 2  # image size / coefficient size
 
     def __init__(self, lll_scale: float = 3.0) -> None:
         super().__init__()
@@ -47,5 +52,29 @@ class HaarWavelet3D(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.encode(images)
 
+    def coefficient_shape(self, image_shape: Sequence[int]) -> tuple[int, ...]:
+        """(C, D, H, W) -> (8C, D/2, H/2, W/2)."""
+        c, *spatial = image_shape
+        return (self.bands * int(c), *(int(s) // self.scale for s in spatial))
+
     def extra_repr(self) -> str:
         return f"lll_scale={self.lll_scale}"
+
+
+class ImageSpace(nn.Module):
+    """Identity coder: diffusion directly on images, for the image-space 3D DDPM baseline of the paper."""
+
+    bands = 1
+    scale = 1
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
+    def decode(self, coeffs: torch.Tensor) -> torch.Tensor:
+        return coeffs
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
+    def coefficient_shape(self, image_shape: Sequence[int]) -> tuple[int, ...]:
+        return tuple(int(s) for s in image_shape)
