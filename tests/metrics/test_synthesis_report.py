@@ -69,6 +69,9 @@ def test_perfect_prediction_beats_baselines(pseudo_val, tmp_path):
     md = (out / "summary.md").read_text()
     assert "| method | all: SSIM | all: SSIM brain | all: PSNR | all: PSNR brain |" in md
     assert all(f"| {m} |" in md for m in METHODS)
+    # one picture per case: inputs | synthesised | ground truth | |error|
+    pictures = sorted(p.name for p in (out / "pictures").glob("*.png"))
+    assert pictures == sorted(f"{case}-{drop}.png" for case, drop in pseudo_val["missing"].items())
 
 
 def test_missing_prediction_reported(pseudo_val, tmp_path):
@@ -108,3 +111,20 @@ def test_script_function(pseudo_val, tmp_path):
     _predict_ground_truth(pseudo_val, tmp_path / "pred")
     path = module.compare_synthesis(str(root / "pv"), str(root / "gt"), str(tmp_path / "pred"), pseudo_val["datalist"])
     assert Path(path).name == "summary.md" and Path(path).is_file()
+
+
+def test_bundle_workflow(pseudo_val, tmp_path, repo_root):
+    """`python -m monai.bundle run evaluate --config_file configs/evaluate_synthesis.json ...` as a ConfigWorkflow."""
+    from monai.bundle import ConfigWorkflow
+
+    root = pseudo_val["root"]
+    _predict_ground_truth(pseudo_val, tmp_path / "pred")
+    wf = ConfigWorkflow(config_file=str(repo_root / "configs" / "evaluate_synthesis.json"), workflow_type="infer",
+                        meta_file=str(repo_root / "configs" / "metadata.json"), run_id="evaluate",
+                        input_dir=str(root / "pv"), gt_dir=str(root / "gt"), pred_dir=str(tmp_path / "pred"),
+                        train_datalist=str(pseudo_val["datalist"]))
+    wf.initialize()
+    wf.run()
+    report = tmp_path / "pred" / "report"
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["num_cases"] == 4 and (report / "per_case.csv").exists() and list((report / "pictures").glob("*.png"))

@@ -19,6 +19,7 @@ from wdm_bundle.data.datalists import build_datalist, find_case_files
 from wdm_bundle.data.demo import CONTRASTS
 from wdm_bundle.metrics.baselines import best_correlated_baseline, mean_target_baseline
 from wdm_bundle.metrics.paired import METRIC_KEYS, normalize_percentiles, paired_metrics
+from wdm_bundle.visualize import save_slices_png
 
 __all__ = ["METHODS", "compare_synthesis"]
 
@@ -118,7 +119,8 @@ def compare_synthesis(
 
     A case without a prediction (or with an unreadable, mis-shaped or inconsistent file) is
     skipped for all methods, so the methods are compared on the same cases, and listed under
-    ``failures``. Writes ``per_case.csv`` (case, missing, method, the 6 metrics),
+    ``failures``. Writes ``pictures/<case>-<missing>.png`` (middle slices of inputs | synthesised |
+    ground truth | absolute error), ``per_case.csv`` (case, missing, method, the 6 metrics),
     ``summary.json`` and ``summary.md`` into ``output_dir``. A perfect prediction has PSNR
     ``inf``, written as ``Infinity`` in the JSON (Python's ``json`` reads it back).
 
@@ -243,6 +245,13 @@ def compare_synthesis(
             "best_correlated": best,
             "mean_target": mean_target(missing, gt.shape),
         }
+        pred_n = candidates["prediction"]
+        save_slices_png(
+            [*inputs_n.values(), pred_n, gt_n, np.abs(pred_n - gt_n)],
+            out_root / "pictures" / f"{case}-{missing}.png",
+            (0.0, 1.0),
+            titles=[*inputs_n, f"{missing} synthesised", f"{missing} ground truth", "|error|"],
+        )
         for method, volume in candidates.items():
             rows.append({"case": case, "missing": missing, "method": method, **paired_metrics(volume, gt_n, brain)})
 
