@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-__all__ = ["as_bool"]
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["as_bool", "atomic_write"]
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0", "none", ""}
@@ -27,3 +32,25 @@ def as_bool(value: object, name: str = "value") -> bool:
     if value is None:
         return False
     raise ValueError(f"{name} must be true or false, got {value!r}.")
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it over ``path``.
+
+    Readers see the old file or the complete new one, never a partial write; on error the
+    temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes) or ".tmp"  # keep e.g. ".nii.gz": writers pick the format from it
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

@@ -80,3 +80,15 @@ def test_load_weights_errors(tmp_path):
     load_weights(fresh, tmp_path / "m.pt", key="ema")
     key = next(iter(net.state_dict()))
     assert torch.equal(fresh.state_dict()[key], net.state_dict()[key] + 1)
+
+
+def test_atomic_write_keeps_the_suffix_for_format_detection(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    from wdm_bundle.utils import atomic_write
+
+    img = nib.Nifti1Image(np.ones((2, 2, 2), np.float32), np.eye(4))
+    atomic_write(tmp_path / "x.nii.gz", lambda tmp: nib.save(img, tmp))
+    assert (tmp_path / "x.nii.gz").read_bytes()[:2] == b"\x1f\x8b"  # gzip, as the final name says
+    assert os.listdir(tmp_path) == ["x.nii.gz"]

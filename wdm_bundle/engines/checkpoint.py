@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from wdm_bundle.diffusion.inferer import unwrap_model
-from wdm_bundle.utils import as_bool
+from wdm_bundle.utils import as_bool, atomic_write
 
 __all__ = ["atomic_save", "list_checkpoints", "latest_checkpoint", "TrainingCheckpointer", "load_weights"]
 
@@ -28,21 +27,14 @@ _CKPT = re.compile(r"^checkpoint_(\d+)\.pt$")
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> str:
     """`torch.save` to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return str(path)
+
+    return str(atomic_write(path, write))
 
 
 def list_checkpoints(save_dir: str | os.PathLike) -> list[Path]:

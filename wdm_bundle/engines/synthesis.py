@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -24,7 +23,7 @@ from wdm_bundle.diffusion import WaveletDiffusionInferer, unwrap_model
 from wdm_bundle.engines.checkpoint import load_weights
 from wdm_bundle.engines.generation import sample_seed
 from wdm_bundle.engines.prepare_batch import synthesis_inputs
-from wdm_bundle.utils import as_bool
+from wdm_bundle.utils import as_bool, atomic_write
 from wdm_bundle.visualize import save_slices_png
 
 __all__ = ["CaseError", "CaseResult", "ContrastSynthesizer", "write_like"]
@@ -51,17 +50,7 @@ def write_like(data: np.ndarray, reference: nib.Nifti1Image, path: str | os.Path
     header.set_data_dtype(np.float32)
     img = nib.Nifti1Image(data.astype(np.float32), reference.affine, header)
     img.header.set_slope_inter(1.0, 0.0)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".nii.gz", dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: nib.save(img, tmp))
 
 
 class ContrastSynthesizer:
