@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # repo root, fo
 
 import fire  # noqa: E402
 
-from wdm_bundle.networks.reference_checkpoint import REFERENCE_CONFIGS, export_checkpoint_file  # noqa: E402
+from wdm_bundle.networks.reference_checkpoint import export_checkpoint_file  # noqa: E402
 
 
 def export_checkpoint(
@@ -49,8 +49,6 @@ def export_checkpoint(
         The configuration name.
     """
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if config is not None and config not in REFERENCE_CONFIGS:
-        raise ValueError(f"--config must be one of {sorted(REFERENCE_CONFIGS)}, got {config!r}.")
     return export_checkpoint_file(src, dst, key=key, config=config, overwrite=overwrite)
 
 

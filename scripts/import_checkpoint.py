@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # repo root, fo
 
 import fire  # noqa: E402
 
-from wdm_bundle.networks.reference_checkpoint import REFERENCE_CONFIGS, import_checkpoint_file  # noqa: E402
+from wdm_bundle.networks.reference_checkpoint import import_checkpoint_file  # noqa: E402
 
 
 def import_checkpoint(
@@ -49,8 +49,6 @@ def import_checkpoint(
         The configuration name.
     """
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if config is not None and config not in REFERENCE_CONFIGS:
-        raise ValueError(f"--config must be one of {sorted(REFERENCE_CONFIGS)}, got {config!r}.")
     return import_checkpoint_file(src, dst, config=config, iteration=iteration, overwrite=overwrite)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -47,6 +47,15 @@ class WaveletPrepareBatch(DiffusionPrepareBatch):
         """The network predicts x0, so the target is the clean coefficients."""
         return images
 
+    def get_inputs(
+        self, batchdata: Mapping[str, torch.Tensor], to_device: Callable[[torch.Tensor], torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Clean coefficients x0 and condition coefficients (or None), encoded on the device."""
+        x0 = self.wavelet.encode(to_device(batchdata[self.image_key]))
+        if self.condition_name is None:
+            return x0, None
+        return x0, self.wavelet.encode(to_device(batchdata[self.condition_name]))
+
     def __call__(
         self,
         batchdata: Mapping[str, torch.Tensor],
@@ -54,14 +63,14 @@ class WaveletPrepareBatch(DiffusionPrepareBatch):
         non_blocking: bool = False,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
-        images = _plain(batchdata[self.image_key]).to(device, non_blocking=non_blocking, **kwargs)
-        x0 = self.wavelet.encode(images)
+        x0, condition = self.get_inputs(
+            batchdata, lambda t: _plain(t).to(device, non_blocking=non_blocking, **kwargs)
+        )
         noise = self.get_noise(x0)
         timesteps = self.get_timesteps(x0)
         infer_kwargs: dict[str, torch.Tensor] = {"noise": noise, "timesteps": timesteps}
-        if self.condition_name is not None:
-            condition = _plain(batchdata[self.condition_name]).to(device, non_blocking=non_blocking, **kwargs)
-            infer_kwargs["condition"] = self.wavelet.encode(condition)
+        if condition is not None:
+            infer_kwargs["condition"] = condition
         return x0, self.get_target(x0, noise, timesteps), (), infer_kwargs
 
 
@@ -108,22 +117,15 @@ class SynthesisPrepareBatch(WaveletPrepareBatch):
             return torch.full((batch_size,), self.target_index, dtype=torch.long, device=device)
         return torch.randint(0, self.num_contrasts, (batch_size,), device=device)
 
-    def __call__(
-        self,
-        batchdata: Mapping[str, torch.Tensor],
-        device: str | torch.device | None = None,
-        non_blocking: bool = False,
-        **kwargs: Any,
-    ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
-        stack = _plain(batchdata[self.image_key]).to(device, non_blocking=non_blocking, **kwargs)
+    def get_inputs(
+        self, batchdata: Mapping[str, torch.Tensor], to_device: Callable[[torch.Tensor], torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pick targets, then split the stacked contrasts into x0 and the condition (see `synthesis_inputs`)."""
+        stack = to_device(batchdata[self.image_key])
         if stack.shape[1] != self.num_contrasts:
             raise ValueError(f"expected {self.num_contrasts} contrasts on the channel axis, got shape {tuple(stack.shape)}.")
         targets = self.get_target_indices(stack.shape[0], stack.device)
-        x0, condition = synthesis_inputs(self.wavelet, stack, targets, unified=self.target_index is None)
-        noise = self.get_noise(x0)
-        timesteps = self.get_timesteps(x0)
-        infer_kwargs = {"noise": noise, "timesteps": timesteps, "condition": condition}
-        return x0, self.get_target(x0, noise, timesteps), (), infer_kwargs
+        return synthesis_inputs(self.wavelet, stack, targets, unified=self.target_index is None)
 
 
 def synthesis_inputs(

@@ -135,7 +135,7 @@ class KeyReport:
 
 def _get_config(config: str) -> ReferenceConfig:
     if config not in REFERENCE_CONFIGS:
-        raise ValueError(f"config must be one of {sorted(REFERENCE_CONFIGS)}, got {config!r}.")
+        raise ValueError(f"--config must be one of {sorted(REFERENCE_CONFIGS)}, got {config!r}.")
     return REFERENCE_CONFIGS[config]
 
 
@@ -304,6 +304,8 @@ def import_checkpoint_file(
 
     The file also records ``"reference": {"config", "source", "sha256"}``. Returns the config name.
     """
+    if config is not None:
+        _get_config(config)  # a wrong name fails before a large file is read
     src, dst = _check_paths(src, dst, overwrite)
     sha = _sha256(src)
     state = torch.load(src, map_location="cpu", weights_only=True)
@@ -330,6 +332,8 @@ def export_checkpoint_file(
 
     Returns the config name.
     """
+    if config is not None:
+        _get_config(config)
     src, dst = _check_paths(src, dst, overwrite)
     ckpt = torch.load(src, map_location="cpu", weights_only=True)
     if isinstance(ckpt, Mapping) and ("model" in ckpt or "ema" in ckpt):
