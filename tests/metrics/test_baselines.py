@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from wdm_bundle.metrics.baselines import best_correlated_baseline, histogram_match, mean_target_baseline, pearson
+from wdm_bundle.metrics.baselines import (
+    best_correlated_baseline,
+    histogram_match,
+    mean_target_baseline,
+    pearson,
+    quantile_function,
+    training_histogram_baseline,
+)
 
 
 def _smooth(shape=(16, 16, 16), seed=0):
@@ -71,3 +78,22 @@ def test_mean_target_baseline():
         mean_target_baseline([vols[0], np.zeros((4, 5, 5))])
     with pytest.raises(ValueError, match="empty"):
         mean_target_baseline([])
+
+
+def test_training_histogram_baseline_matches_mean_quantiles():
+    rng = np.random.default_rng(3)
+    mask = np.zeros((12, 12, 12), bool)
+    mask[1:11, 1:11, 1:11] = True
+    # two "training targets" with shifted distributions: the barycentre lies halfway
+    q = np.mean([quantile_function(rng.normal(m, 1.0, mask.shape), mask) for m in (2.0, 4.0)], axis=0)
+    assert q.shape == (1001,) and np.all(np.diff(q) >= 0)
+    assert np.median(q) == pytest.approx(3.0, abs=0.1)
+    source = _smooth((12, 12, 12), seed=4) * 100.0  # another scale entirely
+    out = training_histogram_baseline(source, q, mask)
+    assert out.dtype == np.float32 and np.all(out[~mask] == 0)
+    assert np.all(np.diff(out[mask][np.argsort(source[mask])]) >= 0)  # monotone map: voxel order kept
+    assert np.allclose(np.quantile(out[mask], [0.1, 0.5, 0.9]), np.interp([0.1, 0.5, 0.9], np.linspace(0, 1, q.size), q), atol=0.05)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        training_histogram_baseline(source, q[::-1], mask)
+    with pytest.raises(ValueError, match="num_quantiles"):
+        quantile_function(source, mask, num_quantiles=1)

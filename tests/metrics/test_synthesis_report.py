@@ -50,10 +50,15 @@ def test_perfect_prediction_beats_baselines(pseudo_val, tmp_path):
         assert pred["missing"] == drop
         assert pred["ssim"] == pytest.approx(1.0, abs=1e-5) and pred["ssim_mask"] == pytest.approx(1.0, abs=1e-5)
         assert pred["mse"] == 0 and pred["psnr"] == np.inf
-        for baseline in ("best_correlated", "mean_target"):
+        for baseline in ("best_correlated", "train_hist_match", "mean_target"):
             assert by[case, baseline]["ssim"] < 0.99 and by[case, baseline]["mse_mask"] > 0
             assert np.isfinite(by[case, baseline]["psnr_mask"])
         assert result["best_correlated_choice"][case] in {"t1n", "t1c", "t2w", "t2f"} - {drop}
+        assert result["train_hist_match_source"][drop] in {"t1n", "t1c", "t2w", "t2f"} - {drop}
+    # demo data: t1n and t1c share the tissue contrast, so each is the other's training choice
+    for drop, source in result["train_hist_match_source"].items():
+        if drop in ("t1n", "t1c"):
+            assert source == {"t1n": "t1c", "t1c": "t1n"}[drop]
 
     # files, default output_dir = pred_dir
     out = tmp_path / "pred"

@@ -1,6 +1,13 @@
 """Metrics: paired image metrics (MSE/PSNR/SSIM), synthesis baselines and report, generation metrics (FID, MS-SSIM)."""
 
-from wdm_bundle.metrics.baselines import best_correlated_baseline, histogram_match, mean_target_baseline, pearson
+from wdm_bundle.metrics.baselines import (
+    best_correlated_baseline,
+    histogram_match,
+    mean_target_baseline,
+    pearson,
+    quantile_function,
+    training_histogram_baseline,
+)
 from wdm_bundle.metrics.paired import METRIC_KEYS, normalize_percentiles, paired_metrics
 from wdm_bundle.metrics.synthesis_report import METHODS, compare_synthesis
 from wdm_bundle.metrics.fid import FeatureStatistics, frechet_distance
@@ -11,7 +18,8 @@ from wdm_bundle.metrics.diversity import (
 from wdm_bundle.metrics.generation_report import FID_NEEDS_WEIGHTS, GenerationEvaluator, feature_statistics
 
 __all__ = [
-    "best_correlated_baseline", "histogram_match", "mean_target_baseline", "pearson",
+    "best_correlated_baseline", "histogram_match", "mean_target_baseline", "pearson", "quantile_function",
+    "training_histogram_baseline",
     "METRIC_KEYS", "normalize_percentiles", "paired_metrics",
     "METHODS", "compare_synthesis",
     "FeatureStatistics", "frechet_distance",

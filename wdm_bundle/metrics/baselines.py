@@ -1,4 +1,4 @@
-"""Simple baselines for missing-contrast synthesis: histogram matching and the mean training image."""
+"""Simple baselines for missing-contrast synthesis: histogram matching (oracle and training-only) and the mean training image."""
 
 from __future__ import annotations
 
@@ -6,7 +6,14 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-__all__ = ["best_correlated_baseline", "histogram_match", "mean_target_baseline", "pearson"]
+__all__ = [
+    "best_correlated_baseline",
+    "histogram_match",
+    "mean_target_baseline",
+    "pearson",
+    "quantile_function",
+    "training_histogram_baseline",
+]
 
 
 def _mask_or_all(mask: np.ndarray | None, shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -57,6 +64,49 @@ def histogram_match(
     mapped = np.interp(src_quantiles, ref_quantiles, ref_values)
     out = np.zeros(source.shape, np.float32)
     out[src_mask] = mapped[src_inverse.reshape(-1)]
+    return out
+
+
+def quantile_function(volume: np.ndarray, mask: np.ndarray | None = None, num_quantiles: int = 1001) -> np.ndarray:
+    """Values of ``volume`` (inside ``mask``) at ``num_quantiles`` evenly spaced levels 0..1.
+
+    Averaging these over volumes gives the quantile function of their Wasserstein barycentre: a
+    "typical" intensity distribution that needs ``num_quantiles`` numbers, not all voxels.
+
+    Returns:
+        float64 (num_quantiles,) non-decreasing array.
+    """
+    if int(num_quantiles) != num_quantiles or num_quantiles < 2:
+        raise ValueError(f"'num_quantiles' must be an int >= 2; got {num_quantiles!r}.")
+    volume = np.asarray(volume, np.float64)
+    m = _mask_or_all(mask, volume.shape, "mask")
+    return np.quantile(volume[m], np.linspace(0.0, 1.0, int(num_quantiles)))
+
+
+def training_histogram_baseline(source: np.ndarray, reference_quantiles: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Map ``source`` onto a reference distribution given by its quantile function (no ground truth used).
+
+    The deployable counterpart of :func:`best_correlated_baseline`: the source contrast is chosen
+    and ``reference_quantiles`` are computed on training cases only (e.g. the mean
+    :func:`quantile_function` of the training targets), so it can run where the target is missing.
+
+    Args:
+        source: (D, H, W) normalised available contrast.
+        reference_quantiles: (Q,) non-decreasing values at levels ``linspace(0, 1, Q)``.
+        mask: (D, H, W) bool; voxels outside are 0. ``None``: all voxels.
+
+    Returns:
+        float32 array of ``source``'s shape.
+    """
+    ref = np.asarray(reference_quantiles, np.float64)
+    if ref.ndim != 1 or ref.size < 2 or np.any(np.diff(ref) < 0):
+        raise ValueError(f"'reference_quantiles' must be a non-decreasing 1D array of >= 2 values; got shape {ref.shape}.")
+    source = np.asarray(source, np.float64)
+    m = _mask_or_all(mask, source.shape, "mask")
+    values, inverse, counts = np.unique(source[m], return_inverse=True, return_counts=True)
+    levels = (np.cumsum(counts) - 0.5 * counts) / counts.sum()  # mid-rank of each distinct value
+    out = np.zeros(source.shape, np.float32)
+    out[m] = np.interp(levels, np.linspace(0.0, 1.0, ref.size), ref)[inverse.reshape(-1)]
     return out
 
 

@@ -7,7 +7,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -17,7 +17,12 @@ from monai.utils import convert_to_numpy
 
 from wdm_bundle.data.datalists import build_datalist, find_case_files
 from wdm_bundle.data.demo import CONTRASTS
-from wdm_bundle.metrics.baselines import best_correlated_baseline, mean_target_baseline
+from wdm_bundle.metrics.baselines import (
+    best_correlated_baseline,
+    pearson,
+    quantile_function,
+    training_histogram_baseline,
+)
 from wdm_bundle.metrics.paired import METRIC_KEYS, normalize_percentiles, paired_metrics
 from wdm_bundle.visualize import save_slices_png
 
@@ -25,7 +30,7 @@ __all__ = ["METHODS", "compare_synthesis"]
 
 logger = logging.getLogger(__name__)
 
-METHODS: tuple[str, ...] = ("prediction", "best_correlated", "mean_target")
+METHODS: tuple[str, ...] = ("prediction", "best_correlated", "train_hist_match", "mean_target")
 
 
 class _CaseFailure(Exception):
@@ -83,7 +88,8 @@ def _markdown(summary: dict) -> str:
         f"{summary['num_cases']} case(s) (by missing contrast: {counts or '-'}); mean ± std over cases. "
         "Intensities percentile-normalised to [0, 1] (0.1-99.9 % of the brain); brain = voxels where any input "
         "is non-zero; PSNR in dB, data range 1; SSIM 3D, Gaussian window 11, sigma 1.5 (MONAI). "
-        "`best_correlated` is an oracle baseline (picks and histogram-matches with the ground truth).",
+        "`best_correlated` is an oracle baseline (picks and histogram-matches with the ground truth); "
+        "`train_hist_match` is its deployable form (source contrast and target histogram from the training cases).",
         "",
         *lines,
     ]
@@ -103,7 +109,7 @@ def compare_synthesis(
     *,
     contrasts: Sequence[str] = CONTRASTS,
 ) -> dict:
-    """Score predictions of each case's missing contrast against the ground truth and two baselines.
+    """Score predictions of each case's missing contrast against the ground truth and three baselines.
 
     For each case folder in ``gt_dir`` (layout of :func:`wdm_bundle.data.pseudo_validation.make_pseudo_validation`:
     ``<gt_dir>/<case>/<case>-<missing>.nii.gz``), loads the ground truth, the prediction
@@ -114,7 +120,10 @@ def compare_synthesis(
 
     * ``prediction``: the prediction file;
     * ``best_correlated``: :func:`best_correlated_baseline` of the inputs (an oracle baseline);
-    * ``mean_target``: :func:`mean_target_baseline` of the normalised missing contrast of the
+    * ``train_hist_match``: :func:`training_histogram_baseline`: the contrast most correlated with
+      the missing one on average over the training cases, mapped onto the mean quantile function
+      of the training cases' missing contrast (uses no ground truth of the case);
+    * ``mean_target``: the voxel-wise mean of the normalised missing contrast of the
       ``training`` cases of ``train_datalist`` (each normalised over its own inputs' brain).
 
     A case without a prediction (or with an unreadable, mis-shaped or inconsistent file) is
@@ -139,7 +148,7 @@ def compare_synthesis(
     Returns:
         The summary written to ``summary.json`` (``methods`` -> ``all`` / ``by_missing`` ->
         ``n`` and ``{metric: {"mean", "std"}}``, ``num_cases``, ``missing_contrasts``,
-        ``failures``, ``best_correlated_choice``), plus ``per_case`` (the CSV rows) and
+        ``failures``, ``best_correlated_choice``, ``train_hist_match_source``), plus ``per_case`` (the CSV rows) and
         ``files`` (the written paths).
 
     Raises:
@@ -173,31 +182,46 @@ def compare_synthesis(
         return vol if crop is None else convert_to_numpy(crop(vol[None]))[0].astype(np.float32)
 
     training: list[dict[str, str]] | None = None
-    means: dict[str, np.ndarray] = {}
+    train_stats: dict[str, dict] = {}
 
-    def training_targets(missing: str, shape: tuple[int, ...]) -> Iterator[np.ndarray]:
+    def training_statistics(missing: str, shape: tuple[int, ...]) -> dict:
+        """Mean target, source contrast best correlated with the target and mean target quantiles, over training."""
         nonlocal training
+        if missing in train_stats:
+            stats = train_stats[missing]
+            if stats["mean"].shape != shape:
+                raise ValueError(
+                    f"the training mean of '{missing}' has shape {stats['mean'].shape} but this case has {shape}; "
+                    "pass roi_size to crop/pad all volumes to one grid."
+                )
+            return stats
         if training is None:
             training = build_datalist(datalist=train_datalist, keys={c: c for c in contrasts}, split="training")
+        total, quantiles = np.zeros(shape, np.float64), []
+        correlations: dict[str, list[float]] = {c: [] for c in contrasts if c != missing}
         for entry in training:
-            target = prepare(_load(entry[missing]))
-            if target.shape != shape:
-                raise ValueError(
-                    f"training volume {entry[missing]} has shape {target.shape} but the evaluated cases have "
-                    f"{shape}; pass roi_size to crop/pad both to one grid."
-                )
-            brain = _brain([prepare(_load(entry[c])) for c in contrasts if c != missing])
-            yield normalize_percentiles(target, mask=brain if brain.any() else None)
-
-    def mean_target(missing: str, shape: tuple[int, ...]) -> np.ndarray:
-        if missing not in means:
-            means[missing] = mean_target_baseline(training_targets(missing, shape))
-        if means[missing].shape != shape:
-            raise ValueError(
-                f"the training mean of '{missing}' has shape {means[missing].shape} but this case has {shape}; "
-                "pass roi_size to crop/pad all volumes to one grid."
-            )
-        return means[missing]
+            vols = {c: prepare(_load(entry[c])) for c in contrasts}
+            for c, vol in vols.items():
+                if vol.shape != shape:
+                    raise ValueError(
+                        f"training volume {entry[c]} has shape {vol.shape} but the evaluated cases have "
+                        f"{shape}; pass roi_size to crop/pad both to one grid."
+                    )
+            brain = _brain([v for c, v in vols.items() if c != missing])
+            mask = brain if brain.any() else None
+            normed = {c: normalize_percentiles(v, mask=mask) for c, v in vols.items()}
+            total += normed[missing]
+            quantiles.append(quantile_function(normed[missing], mask))
+            for c in correlations:
+                correlations[c].append(pearson(normed[c], normed[missing], mask))
+        mean_corr = {c: float(np.nanmean(v)) if not np.all(np.isnan(v)) else -np.inf for c, v in correlations.items()}
+        train_stats[missing] = {
+            "mean": (total / len(training)).astype(np.float32),
+            "source": max(mean_corr, key=mean_corr.get),
+            "correlations": mean_corr,
+            "quantiles": np.mean(quantiles, axis=0),
+        }
+        return train_stats[missing]
 
     rows: list[dict] = []
     failures: list[dict] = []
@@ -239,11 +263,18 @@ def compare_synthesis(
 
         gt_n = normalize_percentiles(gt, mask=brain)
         inputs_n = {k: normalize_percentiles(v, mask=brain) for k, v in inputs.items()}
+        stats = training_statistics(missing, gt.shape)
+        if stats["source"] not in inputs_n:
+            reason = f"input '{stats['source']}' (the training choice of source for '{missing}') is not available"
+            logger.warning("%s: %s", case, reason)
+            failures.append({"case": case, "missing": missing, "reason": reason})
+            continue
         choices[case], best = best_correlated_baseline(inputs_n, gt_n, brain)
         candidates = {
             "prediction": normalize_percentiles(pred, mask=brain),
             "best_correlated": best,
-            "mean_target": mean_target(missing, gt.shape),
+            "train_hist_match": training_histogram_baseline(inputs_n[stats["source"]], stats["quantiles"], brain),
+            "mean_target": stats["mean"],
         }
         pred_n = candidates["prediction"]
         save_slices_png(
@@ -270,6 +301,7 @@ def compare_synthesis(
         },
         "failures": failures,
         "best_correlated_choice": choices,
+        "train_hist_match_source": {m: train_stats[m]["source"] for m in sorted(train_stats)},
     }
     out_root.mkdir(parents=True, exist_ok=True)
     files = {"per_case": out_root / "per_case.csv", "summary_json": out_root / "summary.json", "summary_md": out_root / "summary.md"}
