@@ -8,11 +8,12 @@ from wdm_bundle.engines.checkpoint import (
     load_weights,
 )
 from wdm_bundle.engines.generation import VolumeGenerator, centered_affine, sample_seed
-from wdm_bundle.engines.handlers import IterationBudget, PreviewSampler
+from wdm_bundle.engines.handlers import IterationBudget, PreviewSampler, ReshuffleOnRestart
 from wdm_bundle.engines.synthesis import CaseError, CaseResult, ContrastSynthesizer, write_like
 from wdm_bundle.engines.prepare_batch import SynthesisPrepareBatch, WaveletPrepareBatch, synthesis_inputs
+from wdm_bundle.engines.tracking import connect_tracking
 
 __all__ = [
-    "WaveletPrepareBatch", "SynthesisPrepareBatch", "synthesis_inputs", "IterationBudget", "PreviewSampler", "TrainingCheckpointer", "atomic_save",
+    "WaveletPrepareBatch", "SynthesisPrepareBatch", "synthesis_inputs", "IterationBudget", "PreviewSampler", "ReshuffleOnRestart", "connect_tracking", "TrainingCheckpointer", "atomic_save",
     "latest_checkpoint", "list_checkpoints", "load_weights", "VolumeGenerator", "ContrastSynthesizer", "CaseError", "CaseResult", "write_like", "centered_affine", "sample_seed",
 ]

@@ -44,6 +44,11 @@ class VolumeGenerator:
     change DDIM samples. Existing files are never overwritten unless ``overwrite`` is set; the
     check happens before any sampling.
 
+    Split across processes (``torchrun``): batch j of the single-process run (samples
+    ``j*batch_size ...``) goes to rank ``j % world_size``, so every file name and every sample is
+    the same as in a one-process run with the same ``batch_size`` (for DDPM too, whose per-step
+    noise is drawn per batch); each rank writes only its own share.
+
     Args:
         network: wavelet diffusion network (EMA weights already loaded).
         inferer: `WaveletDiffusionInferer` (defines the data range).
@@ -51,6 +56,9 @@ class VolumeGenerator:
         image_shape: (C, D, H, W) of a generated image.
         spacing: voxel size in mm for the written affine.
         amp: run the network under autocast (bf16 on CPU, fp16 on CUDA).
+        rank, world_size: this process's share of the batches; with an initialised
+            ``torch.distributed`` process group all ranks wait for each other after the
+            existing-file check, so no rank's new files trip another rank's check.
     """
 
     def __init__(
@@ -70,11 +78,15 @@ class VolumeGenerator:
         save_png: bool = True,
         amp: bool = False,
         progress: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if num_samples < 1 or batch_size < 1:
             raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples}, {batch_size}.")
         if len(image_shape) != 4:
             raise ValueError(f"image_shape must be (C, D, H, W), got {tuple(image_shape)}.")
+        if not 0 <= int(rank) < int(world_size):
+            raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}.")
         self.network = network
         self.inferer = inferer
         self.scheduler = scheduler
@@ -91,9 +103,17 @@ class VolumeGenerator:
         self.save_png = as_bool(save_png, "save_png")
         self.amp = as_bool(amp, "amp")
         self.progress = as_bool(progress, "progress")
+        self.rank = int(rank)
+        self.world_size = int(world_size)
 
     def output_paths(self) -> list[Path]:
         return [self.output_dir / f"{self.file_prefix}_{i:04d}.nii.gz" for i in range(self.num_samples)]
+
+    def batches(self) -> list[list[int]]:
+        """Sample indices of this rank's batches (all batches for a single process)."""
+        starts = range(0, self.num_samples, self.batch_size)
+        all_batches = [list(range(s, min(s + self.batch_size, self.num_samples))) for s in starts]
+        return all_batches[self.rank :: self.world_size]
 
     def _noise(self, indices: Sequence[int]) -> torch.Tensor:
         shape = unwrap_model(self.network).wavelet.coefficient_shape(self.image_shape)
@@ -117,14 +137,15 @@ class VolumeGenerator:
                 "or pass --overwrite true."
             )
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        if self.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
         model = self.network.to(self.device).eval()
         device_type = self.device.type
         amp_dtype = torch.bfloat16 if device_type == "cpu" else torch.float16
         written = []
-        starts = range(0, self.num_samples, self.batch_size)
-        for start in tqdm(starts, desc="batches", disable=not self.progress or len(starts) == 1):
-            indices = list(range(start, min(start + self.batch_size, self.num_samples)))
-            generator = torch.Generator(self.device).manual_seed(sample_seed(self.seed, start, stream=1))
+        batches = self.batches()
+        for indices in tqdm(batches, desc="batches", disable=not self.progress or len(batches) <= 1):
+            generator = torch.Generator(self.device).manual_seed(sample_seed(self.seed, indices[0], stream=1))
             with torch.autocast(device_type, dtype=amp_dtype, enabled=self.amp):
                 images = self.inferer.sample(self._noise(indices), model, scheduler=self.scheduler,
                                              generator=generator, verbose=self.progress)
@@ -135,5 +156,6 @@ class VolumeGenerator:
                     save_slices_png([image[0]], path.with_name(path.name.replace(".nii.gz", ".png")),
                                     self.inferer.data_range, titles=[path.name])
                 written.append(str(path))
-        logger.info(f"wrote {len(written)} volume(s) to '{self.output_dir}'.")
+        share = f" (rank {self.rank} of {self.world_size})" if self.world_size > 1 else ""
+        logger.info(f"wrote {len(written)} volume(s) to '{self.output_dir}'{share}.")
         return written

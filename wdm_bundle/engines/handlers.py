@@ -16,7 +16,7 @@ from wdm_bundle.diffusion import WaveletDiffusionInferer, make_scheduler, unwrap
 from wdm_bundle.utils import as_bool
 from wdm_bundle.visualize import save_slices_png, slices_grid
 
-__all__ = ["IterationBudget", "PreviewSampler"]
+__all__ = ["IterationBudget", "PreviewSampler", "ReshuffleOnRestart"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,9 @@ class PreviewSampler:
     """Every ``every`` iterations, sample a few volumes with few DDIM steps and show their middle slices.
 
     Writes ``<output_dir>/preview_<iteration>.png`` and, with a ``summary_writer``, a TensorBoard
-    image ``preview``. Sampling uses fixed noise (``seed``) so previews are comparable over time.
+    image ``preview``; with a ``tracker`` (a MONAI `MLFlowHandler`, set by `connect_tracking`) the
+    PNG is also logged as an MLflow artifact under ``previews/``. Sampling uses fixed noise
+    (``seed``) so previews are comparable over time.
 
     Args:
         network: the model to sample from (normally the EMA copy).
@@ -89,6 +91,7 @@ class PreviewSampler:
         self.dataset = dataset
         self.prepare_batch = prepare_batch
         self.enabled = as_bool(enabled, "enabled")
+        self.tracker = None
 
     def attach(self, engine: Engine) -> None:
         if self.enabled and self.every > 0:
@@ -120,6 +123,9 @@ class PreviewSampler:
         if self.summary_writer is not None:
             grid = slices_grid(vols, self.inferer.data_range)
             self.summary_writer.add_image("preview", grid, it, dataformats="HW")
+        run = getattr(self.tracker, "cur_run", None)
+        if run is not None:
+            self.tracker.client.log_artifact(run.info.run_id, str(path), artifact_path="previews")
         logger.info(f"preview at iteration {it}: {path}")
 
     def _conditioning(self, device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -134,3 +140,24 @@ class PreviewSampler:
         if condition is None:
             return None, None
         return condition, unwrap_model(self.network).wavelet.decode(x0)
+
+
+class ReshuffleOnRestart:
+    """Give a `DistributedSampler` a new epoch each time the trainer restarts the data loader.
+
+    MONAI's workflow calls ``set_epoch`` only when an ignite epoch starts; with ``epoch_length``
+    longer than one pass over the data, every further pass inside that epoch would repeat the same
+    order (a plain shuffling `DataLoader` draws a new one each pass). The iteration count is the
+    same on every rank, so all ranks still agree on the permutation.
+    """
+
+    def __init__(self, sampler) -> None:
+        if not hasattr(sampler, "set_epoch"):
+            raise TypeError(f"sampler must have set_epoch (a DistributedSampler), got {type(sampler).__name__}.")
+        self.sampler = sampler
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.DATALOADER_STOP_ITERATION, self)
+
+    def __call__(self, engine: Engine) -> None:
+        self.sampler.set_epoch(engine.state.iteration)
