@@ -152,33 +152,56 @@ class ContrastSynthesizer:
         return cases
 
     def _load_inputs(self, case_dir: Path) -> tuple[str, dict[str, nib.Nifti1Image], dict[str, np.ndarray]]:
-        files = find_case_files(case_dir)
-        available = [c for c in self.contrasts if c in files]
-        missing = [c for c in self.contrasts if c not in files]
-        if not missing:
+        return self.load_inputs(find_case_files(case_dir))
+
+    def load_inputs(
+        self, files: Mapping[str, str | os.PathLike | nib.Nifti1Image], missing: str | None = None
+    ) -> tuple[str, dict[str, nib.Nifti1Image], dict[str, np.ndarray]]:
+        """Read and check the inputs of one case before any sampling.
+
+        Args:
+            files: contrast -> NIfTI file or in-memory image; keys outside ``contrasts`` are ignored.
+            missing: the contrast to synthesise (its file, if given, is not read); None: the one
+                contrast of ``contrasts`` that has no file.
+
+        Returns:
+            (missing, images, arrays): arrays are the inputs as float32 (D, H, W), raw intensities.
+
+        Raises:
+            CaseError: unknown ``missing``, no or several contrasts missing, an unreadable, non-3D or
+                non-finite input, or inputs of different shapes or affines; the message names them.
+        """
+        if missing is not None and missing not in self.contrasts:
+            raise CaseError(f"cannot synthesise '{missing}': the model's contrasts are {self.contrasts}.")
+        available = [c for c in self.contrasts if c in files and c != missing]
+        absent = [c for c in self.contrasts if c not in available]
+        if not absent:
             raise CaseError(f"no contrast is missing (has all of {self.contrasts}); nothing to synthesise.")
-        if len(missing) > 1:
-            raise CaseError(f"{len(missing)} contrasts are missing ({', '.join(missing)}); exactly one may be missing. "
+        if len(absent) > 1:
+            raise CaseError(f"{len(absent)} contrasts are missing ({', '.join(absent)}); exactly one may be missing. "
                             f"Found: {', '.join(available) or 'no input files'}.")
-        images, arrays = {}, {}
+        images, arrays, names = {}, {}, {}
         for c in available:
+            src = files[c]
+            in_memory = isinstance(src, nib.spatialimages.SpatialImage)
+            names[c] = (src.get_filename() or f"the {c} input") if in_memory else str(src)
             try:
-                images[c] = nib.load(files[c])
+                images[c] = src if in_memory else nib.load(src)
                 arrays[c] = np.asarray(images[c].get_fdata(dtype=np.float32))
             except Exception as e:
-                raise CaseError(f"{files[c]}: cannot be read as NIfTI ({type(e).__name__}: {e})") from e
+                raise CaseError(f"{names[c]}: cannot be read as NIfTI ({type(e).__name__}: {e})") from e
             if arrays[c].ndim != 3:
-                raise CaseError(f"{files[c]}: is {arrays[c].ndim}D with shape {arrays[c].shape}; expected 3D.")
+                raise CaseError(f"{names[c]}: is {arrays[c].ndim}D with shape {arrays[c].shape}; expected 3D.")
             if not np.isfinite(arrays[c]).all():
-                raise CaseError(f"{files[c]}: contains NaN/inf voxels.")
+                raise CaseError(f"{names[c]}: contains NaN/inf voxels.")
         shapes = {c: a.shape for c, a in arrays.items()}
         if len(set(shapes.values())) > 1:
             raise CaseError("inputs have different shapes: " + ", ".join(f"{c} {s}" for c, s in shapes.items()))
         ref = images[available[0]]
         for c in available[1:]:
             if not np.allclose(images[c].affine, ref.affine, atol=1e-3):
-                raise CaseError(f"{files[c]}: affine differs from {files[available[0]]}; inputs must be co-registered.")
-        return missing[0], images, arrays
+                raise CaseError(f"{names[c]}: affine differs from {names[available[0]]}; inputs must be co-registered.")
+        return absent[0], images, arrays
 
     @torch.no_grad()
     def synthesize(self, arrays: Mapping[str, np.ndarray], missing: str, case: str = "") -> np.ndarray:
