@@ -123,12 +123,15 @@ class WaveletDiffusionUNet(nn.Module):
                 f"'image_size' to a multiple of {multiple}."
             )
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, timesteps: torch.Tensor | int, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Predict clean target coefficients.
 
         Args:
             x: (B, in_channels, d, h, w): x_t, then condition coefficients, then extra channels.
-            timesteps: (B,) diffusion steps.
+            timesteps: (B,) diffusion steps, or one step (int or 0-d tensor) for the whole batch
+                (so that ``monai.bundle verify_net_in_out`` can pass it from the command line).
             context: unused by the default backbone (no cross-attention); passed through.
 
         Returns:
@@ -136,4 +139,6 @@ class WaveletDiffusionUNet(nn.Module):
         """
         if x.shape[1] != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)}).")
+        if not torch.is_tensor(timesteps) or timesteps.ndim == 0:
+            timesteps = torch.full((x.shape[0],), int(timesteps), dtype=torch.long, device=x.device)
         return self.backbone(x, timesteps=timesteps, context=context)
