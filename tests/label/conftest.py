@@ -1,0 +1,140 @@
+"""Fixtures for the MONAI Label app: tiny weights from the bundle's configs, a studies folder of BraTS cases."""
+
+import fcntl
+import hashlib
+import os
+import subprocess
+import tomllib
+from pathlib import Path
+from types import SimpleNamespace
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from wdm_bundle.engines import atomic_save
+from wdm_bundle.label.services import BundleConfig
+
+CONTRASTS = ["t1n", "t1c", "t2w", "t2f"]
+SYNTHESIS_CONFIGS = ["configs/inference_cwdm.json", "configs/demo_cwdm.json"]
+GENERATION_CONFIGS = ["configs/inference.json", "configs/demo.json"]
+SHAPE = (30, 28, 26)  # not a multiple of the network's 4: the app pads, samples and crops back
+
+
+def oblique_affine() -> np.ndarray:
+    angle = np.deg2rad(15)
+    rot = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([1.1, 0.9, 1.3])
+    affine[:3, 3] = [-20.5, 31.0, -12.25]
+    return affine
+
+
+def _randomised(net: torch.nn.Module, seed: int) -> dict:
+    # why random weights: the U-Net's output conv starts at zero, so an untrained net would give a
+    # constant volume; random weights make the output depend on the inputs, the seed and the sampler.
+    gen = torch.Generator().manual_seed(seed)
+    return {k: (torch.randn(v.shape, generator=gen) * 0.1 if v.is_floating_point() else v) for k, v in net.state_dict().items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_models(repo_root, tmp_path_factory) -> Path:
+    """``models/unified/model.pt`` (cWDM) and ``models/model.pt`` (WDM): the demo configs' tiny networks
+    (16, 32, 32 channels) with seeded random weights.
+
+    Why untrained weights are enough: these tests check what the app adds (request routes,
+    geometry, errors, the server); learning is tested by tests/configs on the same configs.
+    """
+    root = tmp_path_factory.mktemp("label_bundle")
+    factory = BundleConfig(repo_root, SYNTHESIS_CONFIGS).parse("network_def")
+    cwdm = factory(condition_channels=len(CONTRASTS), extra_channels=len(CONTRASTS))
+    state = _randomised(cwdm, 0)
+    atomic_save({"model": state, "ema": state}, root / "models" / "unified" / "model.pt")
+    wdm = BundleConfig(repo_root, GENERATION_CONFIGS).parse("network_def")
+    state = _randomised(wdm, 1)
+    atomic_save({"model": state, "ema": state}, root / "models" / "model.pt")
+    return root / "models"
+
+
+def write_case(studies: Path, demo_case: Path, contrasts, name: str | None = None, shapes=None) -> Path:
+    """Copy a demo case into ``studies/<name>/`` with only ``contrasts``, cropped to SHAPE, with an oblique affine."""
+    name = name or demo_case.name
+    out = studies / name
+    out.mkdir(parents=True, exist_ok=True)
+    for c in contrasts:
+        data = nib.load(demo_case / f"{demo_case.name}-{c}.nii.gz").get_fdata(dtype=np.float32)
+        shape = (shapes or {}).get(c, SHAPE)
+        data = np.ascontiguousarray(data[: shape[0], : shape[1], : shape[2]])
+        nib.save(nib.Nifti1Image(data, oblique_affine()), str(out / f"{name}-{c}.nii.gz"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_case(demo_data) -> Path:
+    return sorted(p for p in demo_data.iterdir() if p.is_dir())[0]
+
+
+def make_studies(root: Path, demo_case: Path) -> Path:
+    """A studies folder: one case lacking t2f (ok), one lacking t2w and t2f, one with a t1c of another shape,
+    one with an unreadable t1c, and one complete case."""
+    write_case(root, demo_case, ["t1n", "t1c", "t2w"], name="case_ok")
+    write_case(root, demo_case, ["t1n", "t1c"], name="case_two_missing")
+    write_case(root, demo_case, ["t1n", "t1c", "t2w"], name="case_shapes", shapes={"t1c": (30, 28, 24)})
+    bad = write_case(root, demo_case, ["t1n", "t1c", "t2w"], name="case_unreadable")
+    (bad / "case_unreadable-t1c.nii.gz").write_bytes(b"not a nifti file")
+    write_case(root, demo_case, CONTRASTS, name="case_complete")
+    return root
+
+
+@pytest.fixture
+def studies(tmp_path, demo_case) -> Path:
+    return make_studies(tmp_path / "studies", demo_case)
+
+
+@pytest.fixture(scope="session")
+def label_spec():
+    """The constants and helpers above, for the test modules (conftest files are not imported by name)."""
+    return SimpleNamespace(contrasts=CONTRASTS, synthesis_configs=SYNTHESIS_CONFIGS, generation_configs=GENERATION_CONFIGS,
+                           shape=SHAPE, oblique_affine=oblique_affine, write_case=write_case,
+                           make_studies=make_studies)
+
+
+def _env_stamp(repo_root: Path) -> str:
+    """What the label env is built from: the setup script, the project's dependencies and its label extra."""
+    project = tomllib.loads((repo_root / "pyproject.toml").read_text())["project"]
+    parts = [(repo_root / "scripts" / "setup_monailabel_env.sh").read_text(), repr(project["dependencies"]),
+             repr(project["optional-dependencies"].get("label"))]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+@pytest.fixture(scope="session")
+def label_python(repo_root) -> Path:
+    """Python of the MONAI Label env (torch 2.14.1, monailabel 0.8.5, this project with its label extra).
+
+    ``$WDM_LABEL_PYTHON`` if set; else ``<repo>/.venv-label``, built by scripts/setup_monailabel_env.sh
+    when missing or built from other files (about 5 min, 8 GB; later runs reuse it).
+    """
+    if os.environ.get("WDM_LABEL_PYTHON"):
+        python = Path(os.environ["WDM_LABEL_PYTHON"])
+        if not python.is_file():
+            pytest.fail(f"WDM_LABEL_PYTHON='{python}' does not exist.")
+        return python
+    venv = repo_root / ".venv-label"
+    python, stamp_file, log = venv / "bin" / "python", venv / ".wdm-label-stamp", venv / ".build.log"
+    stamp = _env_stamp(repo_root)
+    venv.mkdir(exist_ok=True)
+    with open(venv / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time, also across pytest processes
+        if python.is_file() and stamp_file.is_file() and stamp_file.read_text() == stamp:
+            return python
+        stamp_file.unlink(missing_ok=True)
+        with open(log, "w") as out:
+            result = subprocess.run(["bash", str(repo_root / "scripts" / "setup_monailabel_env.sh"), str(venv)],
+                                    stdout=out, stderr=subprocess.STDOUT, cwd=repo_root, timeout=3600)
+        if result.returncode != 0:
+            tail = "\n".join(line for line in log.read_text().splitlines() if "is ignored" not in line)[-3000:]
+            pytest.fail(f"building the MONAI Label env with scripts/setup_monailabel_env.sh {venv} failed (exit "
+                        f"{result.returncode}); full log: {log}. Last lines:\n{tail}", pytrace=False)
+        stamp_file.write_text(stamp)
+    return python

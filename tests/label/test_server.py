@@ -1,0 +1,181 @@
+"""A real MONAI Label server (its own env, see `label_python`) serving apps/monailabel_wdm on loopback."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from wdm_bundle.engines import centered_affine
+from wdm_bundle.label import BundleConfig, SynthesisService
+
+pytestmark = pytest.mark.slow
+
+STEPS = 2  # DDIM steps (fast; the app reads sampler and steps from the config overrides below)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(label_python, repo_root, tiny_models, demo_case, label_spec, tmp_path_factory):
+    """Start ``monailabel start_server`` with the app; yields (base url, studies folder, process); SIGTERM at the end."""
+    tmp = tmp_path_factory.mktemp("label_server")
+    studies = label_spec.make_studies(tmp / "studies", demo_case)
+    port = _free_port()
+    conf = {
+        "synthesis_configs": ",".join(label_spec.synthesis_configs),
+        "generation_configs": ",".join(label_spec.generation_configs),
+        "synthesis#ckpt_dir": str(tiny_models),
+        "synthesis#num_inference_steps": str(STEPS),
+        "generation#ckpt_path": str(tiny_models / "model.pt"),
+        "generation#num_inference_steps": str(STEPS),
+    }
+    cmd = [str(label_python), "-m", "monailabel.main", "start_server", "--app", str(repo_root / "apps" / "monailabel_wdm"),
+           "--studies", str(studies), "--host", "127.0.0.1", "--port", str(port)]
+    for k, v in conf.items():
+        cmd += ["--conf", k, v]
+    env = {**os.environ, "PATH": f"{label_python.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PYTHONPATH": str(repo_root),  # this checkout's wdm_bundle, whichever env runs the server
+           "MONAI_LABEL_SESSION_PATH": str(tmp / "sessions")}
+    env.pop("VIRTUAL_ENV", None)
+    log_path = tmp / "server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the MONAI Label server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/info/", timeout=5) as r:
+                    info = json.load(r)
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if time.monotonic() > deadline:
+                    pytest.fail(f"no answer from {url}/info/ after 300 s:\n{log_path.read_text()[-4000:]}")
+                time.sleep(1)
+        yield {"url": url, "studies": studies, "proc": proc, "info": info, "log": log_path}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _post(url, path, query, files=None, params=None):
+    """POST multipart form data; returns (status, body bytes)."""
+    boundary = uuid.uuid4().hex
+    parts = []
+    if params is not None:
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n\r\n{json.dumps(params)}\r\n'.encode())
+    for name, (filename, data) in (files or {}).items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                     f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    req = urllib.request.Request(f"{url}{path}?{urllib.parse.urlencode(query)}", data=body, method="POST",
+                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with urllib.request.urlopen(req, timeout=600) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def _nifti(body, path):
+    path.write_bytes(body)
+    return nib.load(path)
+
+
+def test_info_lists_both_tasks(server):
+    models = server["info"]["models"]
+    assert set(models) == {"synthesis", "generation"}
+    assert models["synthesis"]["config"]["num_inference_steps"] == STEPS
+
+
+def test_synthesis_from_the_datastore(server, repo_root, tiny_models, label_spec, tmp_path):
+    status, body = _post(server["url"], "/infer/synthesis", {"image": "case_ok", "output": "image"})
+    assert status == 200, body[:500]
+    out = _nifti(body, tmp_path / "out.nii.gz")
+    ref = nib.load(server["studies"] / "case_ok" / "case_ok-t1n.nii.gz")
+    assert out.shape == ref.shape == label_spec.shape
+    np.testing.assert_allclose(out.affine, ref.affine, atol=1e-5)
+    np.testing.assert_allclose(out.affine, label_spec.oblique_affine(), atol=1e-5)
+    # the same bundle config and weights in this process (torch 2.13 here, 2.14 in the server) give the same volume
+    local = SynthesisService(BundleConfig(repo_root, label_spec.synthesis_configs,
+                                          {"ckpt_dir": str(tiny_models), "num_inference_steps": STEPS}))
+    expected, _ = local(server["studies"] / "case_ok" / "case_ok-t2w.nii.gz", {}, tmp_path)
+    np.testing.assert_allclose(out.get_fdata(), nib.load(expected).get_fdata(), atol=1e-4)
+    # ids of a file also work, as path or stem; params come back with output=json
+    for image in ("case_ok/case_ok-t1c", "case_ok-t2w"):
+        status, body = _post(server["url"], "/infer/synthesis", {"image": image, "output": "json"})
+        assert status == 200 and json.loads(body)["synthesised"] == "t2f", body[:500]
+
+
+def test_synthesis_from_an_upload(server, tmp_path, label_spec):
+    case = server["studies"] / "case_ok"
+    vols = [nib.load(case / f"case_ok-{c}.nii.gz") for c in ("t1n", "t1c", "t2w")]
+    stack = nib.Nifti1Image(np.stack([v.get_fdata(dtype=np.float32) for v in vols], -1), vols[0].affine)
+    nib.save(stack, str(tmp_path / "stack.nii.gz"))
+    upload = {"file": ("stack.nii.gz", (tmp_path / "stack.nii.gz").read_bytes())}
+    status, body = _post(server["url"], "/infer/synthesis", {"output": "image"}, upload,
+                         {"contrasts": ["t1n", "t1c", "t2w"], "case": "case_ok"})
+    assert status == 200, body[:500]
+    out = _nifti(body, tmp_path / "up.nii.gz")
+    assert out.shape == label_spec.shape
+    np.testing.assert_allclose(out.affine, label_spec.oblique_affine(), atol=1e-5)
+    status, body = _post(server["url"], "/infer/synthesis", {"image": "case_ok", "output": "image"})
+    np.testing.assert_array_equal(out.get_fdata(), _nifti(body, tmp_path / "ds.nii.gz").get_fdata())
+
+
+def test_bad_requests_get_a_clear_4xx_and_the_server_keeps_running(server, tmp_path):
+    garbage = {"file": ("x.nii.gz", b"\x1f\x8b not really gzip")}
+    good = nib.load(server["studies"] / "case_ok" / "case_ok-t1n.nii.gz")
+    nib.save(good, str(tmp_path / "one.nii.gz"))
+    one = {"file": ("one.nii.gz", (tmp_path / "one.nii.gz").read_bytes())}
+    cases = [
+        ({"image": "case_two_missing"}, None, None, 422, "2 contrasts are missing (t2w, t2f)"),
+        ({"image": "case_shapes"}, None, None, 422, "inputs have different shapes: t1n (30, 28, 26), t1c (30, 28, 24)"),
+        ({"image": "case_unreadable/case_unreadable-t1n"}, None, None, 422, "case_unreadable-t1c.nii.gz: cannot be read as NIfTI"),
+        ({"image": "case_complete"}, None, None, 422, "no contrast is missing"),
+        ({"image": "no_such_case"}, None, None, 404, "image 'no_such_case' is not in the datastore"),
+        ({}, garbage, {"contrasts": ["t1n", "t1c", "t2w"]}, 422, "uploaded file cannot be read as NIfTI"),
+        ({}, one, {"contrasts": ["t1n", "t1c", "t2w"]}, 422, "has shape (30, 28, 26), but 'contrasts' names 3"),
+        ({}, one, None, 422, "is not named <case>-<contrast>.nii.gz"),
+        ({"image": "case_ok"}, None, {"sampler": "euler"}, 422, "'euler' is not a valid Sampler"),
+        ({"image": "case_ok"}, None, {"target": "pd"}, 422, "cannot synthesise 'pd'"),
+    ]
+    for query, files, params, status, message in cases:
+        got, body = _post(server["url"], "/infer/synthesis", {**query, "output": "image"}, files, params)
+        assert got == status and message in json.loads(body)["detail"], (query, params, got, body[:500])
+        assert server["proc"].poll() is None
+    status, body = _post(server["url"], "/infer/synthesis", {"image": "case_ok", "output": "image"})
+    assert status == 200 and _nifti(body, tmp_path / "after.nii.gz").shape == (30, 28, 26)
+
+
+def test_generation_returns_a_volume_of_the_configured_size(server, tmp_path):
+    status, body = _post(server["url"], "/infer/generation", {"image": "generate", "output": "image"}, params={"seed": 5})
+    assert status == 200, body[:500]
+    img = _nifti(body, tmp_path / "gen.nii.gz")
+    assert img.shape == (32, 32, 32)  # configs/demo.json image_size
+    np.testing.assert_allclose(img.affine, centered_affine((32, 32, 32), (5.0, 6.0, 5.0)))
+    data = img.get_fdata()
+    assert np.isfinite(data).all() and data.std() > 0 and -1 <= data.min() and data.max() <= 1
+    status, body = _post(server["url"], "/infer/generation", {"image": "generate", "output": "json"},
+                         params={"seed": 5, "num_inference_steps": 0})
+    assert status == 422 and "'num_inference_steps' must be an integer >= 1" in json.loads(body)["detail"]

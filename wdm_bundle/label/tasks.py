@@ -1,0 +1,129 @@
+"""MONAI Label infer tasks: ``synthesis`` (cWDM, missing contrast) and ``generation`` (WDM, unconditional).
+
+Both are `BasicInferTask`s whose steps call the bundle's services (`wdm_bundle.label.services`):
+pre-transforms = read and check the request, inferer = sample, writer = NIfTI with the right
+geometry. A bad request raises FastAPI's `HTTPException` with a 4xx code and a message naming the
+problem; MONAI Label passes it through to the client and the server keeps running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from fastapi import HTTPException
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.basic_infer import BasicInferTask
+
+from wdm_bundle.label.inputs import RequestError
+from wdm_bundle.label.services import GenerationService, SynthesisService, configs_from_conf
+
+__all__ = ["SynthesisInfer", "GenerationInfer", "build_tasks", "check_image_id"]
+
+logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def http_errors() -> Iterator[None]:
+    """RequestError -> HTTPException with its status (MONAI Label answers other exceptions with a bare 500)."""
+    try:
+        yield
+    except RequestError as e:
+        raise HTTPException(status_code=e.status, detail=str(e)) from e
+
+
+class _ServiceInfer(BasicInferTask):
+    def __init__(self, service: Any, description: str) -> None:
+        super().__init__(path=service.weights, network=None, type=InferType.OTHERS, labels=None, dimension=3,
+                         description=description, config=service.defaults())
+        self.service = service
+        self.out_dir = tempfile.mkdtemp(prefix="wdm-label-")  # results; MONAI Label deletes each after sending it
+
+    def post_transforms(self, data=None):
+        return []
+
+
+class SynthesisInfer(_ServiceInfer):
+    """Synthesise the missing contrast of one case; the result has the case's shape, affine and header.
+
+    Datastore route: ``image`` = id of any contrast file of the case; its other contrasts are read
+    from the same folder. Upload route: ``file`` = a 4D NIfTI of the available contrasts with params
+    ``{"contrasts": [...]}`` in volume order (optional ``"case"``). Optional params: ``target``,
+    ``seed``, ``sampler``, ``num_inference_steps``.
+    """
+
+    def __init__(self, service: SynthesisService) -> None:
+        super().__init__(service, f"cWDM: synthesise the missing one of {', '.join(service.contrasts)} from the others")
+
+    def pre_transforms(self, data=None):
+        return [self._load]
+
+    def _load(self, data: dict) -> dict:
+        with http_errors():
+            data["wdm_inputs"] = self.service.load(data.get("image_path") or data.get("image"), data)
+        return data
+
+    def run_inferer(self, data, convert_to_batch=True, device="cuda"):
+        with http_errors():
+            data["pred"] = self.service.run(data["wdm_inputs"])
+        return data
+
+    def writer(self, data, extension=None, dtype=None):
+        return self.service.write(data["wdm_inputs"], data["pred"], self.out_dir)
+
+
+class GenerationInfer(_ServiceInfer):
+    """Sample one volume from the unconditional WDM (``image`` is not used; MONAI Label needs one: pass any id).
+
+    Optional params: ``seed``, ``sampler``, ``num_inference_steps``.
+    """
+
+    def __init__(self, service: GenerationService) -> None:
+        super().__init__(service, "WDM: sample a new volume (params: seed, sampler, num_inference_steps)")
+
+    def pre_transforms(self, data=None):
+        return []
+
+    def run_inferer(self, data, convert_to_batch=True, device="cuda"):
+        with http_errors():
+            data["wdm_result"] = self.service(data, self.out_dir)
+        return data
+
+    def writer(self, data, extension=None, dtype=None):
+        return data["wdm_result"]
+
+
+def check_image_id(request: Mapping[str, Any], datastore: Any, tasks: Mapping[str, Any]) -> None:
+    """404 naming the id when a synthesis request's ``image`` is neither a file nor in the datastore.
+
+    (MONAI Label replaces an unknown id by "" before the task sees it.)
+    """
+    image = request.get("image")
+    if (isinstance(tasks.get(request.get("model")), SynthesisInfer) and isinstance(image, str) and image
+            and not os.path.exists(image) and not datastore.get_image_uri(image)):
+        raise HTTPException(status_code=404, detail=(
+            f"image '{image}' is not in the datastore: pass the id of a contrast file ('<case>/<case>-t1n' or "
+            "'<case>-t1n') or a case folder name ('<case>'); GET /datastore/?output=all lists the ids."))
+
+
+def build_tasks(conf: Mapping[str, str], default_root: str | os.PathLike) -> dict[str, BasicInferTask]:
+    """The app's infer tasks from its ``--conf`` pairs; a task whose weights do not exist is left out (logged)."""
+    configs = configs_from_conf(conf, default_root)
+    tasks: dict[str, BasicInferTask] = {}
+    synthesis = SynthesisService(configs["synthesis"])
+    if any(Path(w).is_file() for w in synthesis.weights):
+        tasks["synthesis"] = SynthesisInfer(synthesis)
+    else:
+        logger.warning(f"'synthesis' task left out: weights {synthesis.weights} not found (set --conf synthesis#ckpt_dir "
+                       "or synthesis#ckpt_path).")
+    ckpt = configs["generation"].parse("ckpt_path")
+    if Path(ckpt).is_file():
+        tasks["generation"] = GenerationInfer(GenerationService(configs["generation"]))
+    else:
+        logger.warning(f"'generation' task left out: weights '{ckpt}' not found (set --conf generation#ckpt_path).")
+    return tasks
