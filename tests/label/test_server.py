@@ -78,8 +78,8 @@ def server(label_python, repo_root, tiny_models, demo_case, label_spec, tmp_path
             proc.wait()
 
 
-def _post(url, path, query, files=None, params=None):
-    """POST multipart form data; returns (status, body bytes)."""
+def _post(url, path, query, files=None, params=None, method="POST"):
+    """POST (or PUT) multipart form data; returns (status, body bytes)."""
     boundary = uuid.uuid4().hex
     parts = []
     if params is not None:
@@ -88,7 +88,7 @@ def _post(url, path, query, files=None, params=None):
         parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
                      f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
     body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-    req = urllib.request.Request(f"{url}{path}?{urllib.parse.urlencode(query)}", data=body, method="POST",
+    req = urllib.request.Request(f"{url}{path}?{urllib.parse.urlencode(query)}", data=body, method=method,
                                  headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     try:
         with urllib.request.urlopen(req, timeout=600) as r:
@@ -141,6 +141,18 @@ def test_synthesis_from_an_upload(server, tmp_path, label_spec):
     np.testing.assert_allclose(out.affine, label_spec.oblique_affine(), atol=1e-5)
     status, body = _post(server["url"], "/infer/synthesis", {"image": "case_ok", "output": "image"})
     np.testing.assert_array_equal(out.get_fdata(), _nifti(body, tmp_path / "ds.nii.gz").get_fdata())
+
+    # multi-file route: each contrast file into the datastore (flat: <studies>/<case>-<contrast>.nii.gz), then infer
+    for c in ("t1n", "t1c", "t2w"):
+        upload = {"file": (f"case_ok-{c}.nii.gz", (case / f"case_ok-{c}.nii.gz").read_bytes())}
+        status, body = _post(server["url"], "/datastore/image", {"image": f"new_case-{c}"}, upload, method="PUT")
+        assert status == 200, body[:500]
+    status, body = _post(server["url"], "/infer/synthesis", {"image": "new_case-t1n", "output": "image"})
+    assert status == 200, body[:500]
+    assert (server["studies"] / "new_case-t2w.nii.gz").is_file()
+    out = _nifti(body, tmp_path / "multi.nii.gz")
+    assert out.shape == label_spec.shape
+    np.testing.assert_allclose(out.affine, label_spec.oblique_affine(), atol=1e-5)
 
 
 def test_bad_requests_get_a_clear_4xx_and_the_server_keeps_running(server, tmp_path):
