@@ -100,9 +100,17 @@ def label_spec():
 
 
 def _env_stamp(repo_root: Path) -> str:
-    """What the label env is built from: the setup script and pyproject.toml (a rebuild over the env takes ~30 s)."""
-    parts = [(repo_root / f).read_bytes() for f in ("scripts/setup_monailabel_env.sh", "pyproject.toml")]
-    return hashlib.sha256(b"\0".join(parts)).hexdigest()
+    """What the label env is built from: the setup script and the project's dependencies (with the label extra)."""
+    text = (repo_root / "pyproject.toml").read_text()
+    try:
+        import tomllib  # Python >= 3.11
+
+        project = tomllib.loads(text)["project"]
+        text = repr((project["dependencies"], project.get("optional-dependencies", {}).get("label")))
+    except ImportError:
+        pass
+    script = (repo_root / "scripts" / "setup_monailabel_env.sh").read_text()
+    return hashlib.sha256(f"{script}\0{text}".encode()).hexdigest()
 
 
 @pytest.fixture(scope="session")
@@ -110,7 +118,8 @@ def label_python(repo_root) -> Path:
     """Python of the MONAI Label env (torch 2.14.1, monailabel 0.8.5, this project with its label extra).
 
     ``$WDM_LABEL_PYTHON`` if set; else ``<repo>/.venv-label``, built by scripts/setup_monailabel_env.sh
-    when missing or built from other files (about 5 min, 8 GB; later runs reuse it).
+    when missing or when the script or the project's dependencies changed (about 5 min, 8 GB; later runs
+    reuse it).
     """
     if os.environ.get("WDM_LABEL_PYTHON"):
         python = Path(os.environ["WDM_LABEL_PYTHON"])
