@@ -7,7 +7,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["as_bool", "atomic_write"]
+import torch
+
+__all__ = ["as_bool", "atomic_write", "autocast_dtype"]
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0", "none", ""}
@@ -54,3 +56,28 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+_AMP_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+               "half": torch.float16}
+
+
+def autocast_dtype(name: str | torch.dtype | None, device: str | torch.device) -> torch.dtype:
+    """The ``torch.autocast`` dtype for config value ``name`` (``"bfloat16"``, ``"float16"`` or None).
+
+    None picks bfloat16 on CPU (CPU autocast supports it best) and float16 on CUDA (every GPU
+    supports it; pick bfloat16 on Ampere or newer, whose range cannot overflow).
+
+    Raises:
+        ValueError: for any other name.
+    """
+    if isinstance(name, torch.dtype):
+        if name not in (torch.bfloat16, torch.float16):
+            raise ValueError(f"amp_dtype must be bfloat16 or float16, got {name}.")
+        return name
+    if name is None or (isinstance(name, str) and name.strip().lower() in ("", "none", "null", "auto")):
+        return torch.bfloat16 if torch.device(device).type == "cpu" else torch.float16
+    key = str(name).strip().lower().removeprefix("torch.")
+    if key not in _AMP_DTYPES:
+        raise ValueError(f"amp_dtype must be 'bfloat16', 'float16' or null (automatic), got {name!r}.")
+    return _AMP_DTYPES[key]

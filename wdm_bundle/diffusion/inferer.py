@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 from monai.inferers import DiffusionInferer
-from monai.networks.schedulers import Scheduler
+from monai.networks.schedulers import RFlowScheduler, Scheduler
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -23,15 +23,22 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 class WaveletDiffusionInferer(DiffusionInferer):
-    """Diffusion on wavelet coefficients with x0 prediction and image-space clamping.
+    """Diffusion on wavelet coefficients with image-space clamping of x0.
 
     Training (``__call__``) takes clean coefficients from `WaveletPrepareBatch`, noises them with
-    the scheduler and returns the network's x0 prediction; condition coefficients, if any, are
-    concatenated on the channel axis. Sampling (``sample``) clamps every predicted x0 in image
-    space (IDWT -> clamp to ``data_range`` -> DWT), as the reference WDM code does.
+    the scheduler and returns the network's prediction (x0, or the velocity x0 - noise for
+    rectified flow); condition coefficients, if any, are concatenated on the channel axis.
+    Sampling (``sample``) clamps every predicted x0 in image space (IDWT -> clamp to
+    ``data_range`` -> DWT), as the reference WDM code does. For rectified flow the x0 implied by
+    the velocity, ``x_t + v t/T``, is clamped and the velocity recomputed from it before the
+    Euler step, so the last step (to t = 0) lands exactly on a clamped x0 as DDPM/DDIM do.
+
+    Under an ambient ``torch.autocast`` only the network runs in low precision; the clamp, the
+    wavelet transforms and the scheduler step run in float32.
 
     Args:
-        scheduler: a MONAI scheduler with ``prediction_type="sample"`` (see `make_scheduler`).
+        scheduler: a MONAI scheduler with ``prediction_type="sample"`` or an `RFlowScheduler`
+            (see `make_scheduler`).
         data_range: (min, max) of the images: (-1, 1) for WDM, (0, 1) for cWDM.
         wavelet: coder between images and coefficients; default: the network's ``.wavelet``.
     """
@@ -40,9 +47,9 @@ class WaveletDiffusionInferer(DiffusionInferer):
         self, scheduler: Scheduler, data_range: Sequence[float] = (-1.0, 1.0), wavelet: HaarWavelet3D | None = None
     ) -> None:
         super().__init__(scheduler)
-        if scheduler.prediction_type != "sample":
-            raise ValueError(f"the wavelet model predicts x0: scheduler.prediction_type must be 'sample', got "
-                             f"'{scheduler.prediction_type}'.")
+        if scheduler.prediction_type != "sample" and not isinstance(scheduler, RFlowScheduler):
+            raise ValueError(f"the wavelet model predicts x0 (or a rectified-flow velocity): scheduler.prediction_type "
+                             f"must be 'sample' or the scheduler an RFlowScheduler, got '{scheduler.prediction_type}'.")
         if len(data_range) != 2 or data_range[0] >= data_range[1]:
             raise ValueError(f"data_range must be (min, max) with min < max, got {data_range}.")
         self.data_range = (float(data_range[0]), float(data_range[1]))
@@ -59,7 +66,7 @@ class WaveletDiffusionInferer(DiffusionInferer):
         timesteps: torch.Tensor,
         condition: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Noise clean coefficients ``inputs`` (B, 8C, d, h, w) to step ``timesteps`` (B,) and predict x0."""
+        """Noise clean coefficients ``inputs`` (B, 8C, d, h, w) to step ``timesteps`` (B,) and predict x0 (or velocity)."""
         mode = "crossattn" if condition is None else "concat"
         return super().__call__(inputs, diffusion_model, noise=noise, timesteps=timesteps, condition=condition, mode=mode)
 
@@ -89,16 +96,28 @@ class WaveletDiffusionInferer(DiffusionInferer):
             decode: return images (B, C, 2d, 2h, 2w) clamped to ``data_range`` instead of coefficients.
         """
         scheduler = scheduler or self.scheduler
-        x = input_noise
+        rflow = isinstance(scheduler, RFlowScheduler)
+        if rflow and not hasattr(scheduler, "num_inference_steps"):
+            raise ValueError("the RFlowScheduler has no timesteps; call set_timesteps (make_scheduler does).")
+        x = input_noise.float()
         batch = x.shape[0]
-        steps = tqdm(scheduler.timesteps, desc="denoising", leave=False, disable=not verbose)
-        for t in steps:
-            model_input = x if conditioning is None else torch.cat([x, conditioning], dim=1)
-            timesteps = torch.full((batch,), int(t), device=x.device, dtype=torch.long)
-            x0 = diffusion_model(model_input, timesteps=timesteps).float()
-            if clamp:
-                x0 = self.clamp_x0(x0, diffusion_model)
-            x, _ = scheduler.step(x0, int(t), x, generator=generator)
+        times = [int(t) for t in scheduler.timesteps]
+        steps = tqdm(list(zip(times, times[1:] + [0])), desc="denoising", leave=False, disable=not verbose)
+        for t, t_next in steps:
+            model_input = x if conditioning is None else torch.cat([x, conditioning.to(x.dtype)], dim=1)
+            timesteps = torch.full((batch,), t, device=x.device, dtype=torch.long)
+            out = diffusion_model(model_input, timesteps=timesteps).float()
+            with torch.autocast(x.device.type, enabled=False):
+                if rflow:
+                    frac = t / scheduler.num_train_timesteps
+                    x0 = x + out * frac  # x_t = x0 - (t/T) v
+                    if clamp:
+                        out = (self.clamp_x0(x0, diffusion_model) - x) / frac
+                    x, _ = scheduler.step(out, t, x, t_next)
+                else:
+                    x0 = self.clamp_x0(out, diffusion_model) if clamp else out
+                    x, _ = scheduler.step(x0, t, x, generator=generator)
         if not decode:
             return x
-        return self._coder(diffusion_model).decode(x).clamp(*self.data_range)
+        with torch.autocast(x.device.type, enabled=False):
+            return self._coder(diffusion_model).decode(x).clamp(*self.data_range)

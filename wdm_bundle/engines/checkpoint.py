@@ -14,9 +14,11 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from monai.networks.schedulers import Scheduler
 from torch import nn
 
 from wdm_bundle.diffusion.inferer import unwrap_model
+from wdm_bundle.diffusion.schedulers import Diffusion, check_sampler
 from wdm_bundle.utils import as_bool, atomic_write
 
 __all__ = ["atomic_save", "list_checkpoints", "latest_checkpoint", "TrainingCheckpointer", "load_weights"]
@@ -56,8 +58,10 @@ class TrainingCheckpointer:
     """Save model, EMA, optimizer and trainer state every ``save_every`` iterations and at the end.
 
     Each save writes ``checkpoint_<iteration>.pt`` (everything needed to resume) and refreshes
-    ``model.pt`` (``{"model", "ema", "iteration"}`` weights for inference), both atomically; only
-    the newest ``n_saved`` checkpoints are kept.
+    ``model.pt`` (``{"model", "ema", "iteration", "diffusion"}`` weights for inference), both
+    atomically; only the newest ``n_saved`` checkpoints are kept. Both record the training
+    objective ``diffusion``, so inference refuses a sampler that does not fit it and a resumed run
+    refuses to switch objective.
 
     Args:
         save_dir: output folder (the bundle's ``models/``).
@@ -71,6 +75,7 @@ class TrainingCheckpointer:
             deleted); without it, that is an error, so no run is destroyed by accident.
         map_location: device for loading on resume.
         enabled: False on non-zero distributed ranks: they load but never write.
+        diffusion: training objective (``"ddpm"`` or ``"rflow"``), recorded in every file.
     """
 
     def __init__(
@@ -85,6 +90,7 @@ class TrainingCheckpointer:
         overwrite: bool = False,
         map_location: str | torch.device | None = "cpu",
         enabled: bool = True,
+        diffusion: str = Diffusion.DDPM,
     ) -> None:
         if save_every < 1 or n_saved < 1:
             raise ValueError(f"save_every and n_saved must be >= 1, got {save_every}, {n_saved}.")
@@ -100,6 +106,7 @@ class TrainingCheckpointer:
         self.overwrite = as_bool(overwrite, "overwrite")
         self.map_location = map_location
         self.enabled = as_bool(enabled, "enabled")
+        self.diffusion = Diffusion(diffusion).value
         self._last_saved = -1
 
     def _state_objects(self, engine: Engine) -> dict[str, Any]:
@@ -130,6 +137,10 @@ class TrainingCheckpointer:
     def load(self, path: str | os.PathLike, engine: Engine) -> None:
         """Restore every object (and the trainer's iteration) from checkpoint ``path``."""
         state = torch.load(path, map_location=self.map_location, weights_only=True)
+        trained = state.get("diffusion", Diffusion.DDPM.value)
+        if trained != self.diffusion:
+            raise ValueError(f"checkpoint '{path}' was trained with diffusion='{trained}' but this run uses "
+                             f"diffusion='{self.diffusion}'; resume with --diffusion {trained} or start a new run.")
         objects = self._state_objects(engine)
         missing = [k for k in objects if k not in state]
         if missing:
@@ -148,9 +159,10 @@ class TrainingCheckpointer:
         if not self.enabled or iteration == self._last_saved or iteration == 0:
             return
         objects = self._state_objects(engine)
-        atomic_save({k: v.state_dict() for k, v in objects.items()}, self.save_dir / f"checkpoint_{iteration:08d}.pt")
+        atomic_save({**{k: v.state_dict() for k, v in objects.items()}, "diffusion": self.diffusion},
+                    self.save_dir / f"checkpoint_{iteration:08d}.pt")
         weights = {k: objects[k].state_dict() for k in ("model", "ema") if k in objects}
-        atomic_save({**weights, "iteration": iteration}, self.save_dir / "model.pt")
+        atomic_save({**weights, "iteration": iteration, "diffusion": self.diffusion}, self.save_dir / "model.pt")
         for old in list_checkpoints(self.save_dir)[: -self.n_saved]:
             old.unlink()
         self._last_saved = iteration
@@ -158,7 +170,11 @@ class TrainingCheckpointer:
 
 
 def load_weights(
-    network: nn.Module, path: str | os.PathLike, key: str | None = "ema", strict: bool = True
+    network: nn.Module,
+    path: str | os.PathLike,
+    key: str | None = "ema",
+    strict: bool = True,
+    sampler: Scheduler | str | None = None,
 ) -> nn.Module:
     """Load weights into ``network`` from a bundle ``model.pt``, a training checkpoint or a bare state_dict.
 
@@ -168,15 +184,22 @@ def load_weights(
         key: which weights to take from a bundle checkpoint: ``"ema"`` (default; falls back to
             ``"model"`` with a warning when the file has no EMA) or ``"model"``; None for a bare
             state_dict.
+        sampler: the scheduler (or sampler name) the weights will be sampled with; a checkpoint
+            trained with another objective (``diffusion``, see `TrainingCheckpointer`) is refused.
+            Files that record no objective count as ``"ddpm"`` (all earlier and imported ones).
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: the weights do not fit ``network``; lists missing and unexpected keys.
+        ValueError: the weights do not fit ``network`` (lists missing and unexpected keys), or
+            were trained for another sampler.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint '{path}' does not exist; train first or pass --ckpt_path.")
     state = torch.load(path, map_location="cpu", weights_only=True)
+    if sampler is not None:
+        trained = state.get("diffusion", Diffusion.DDPM.value) if isinstance(state, dict) else Diffusion.DDPM.value
+        check_sampler(trained if isinstance(trained, str) else Diffusion.DDPM.value, sampler, f"checkpoint '{path}'")
     if key is not None and isinstance(state, dict) and key in state and isinstance(state[key], dict):
         state = state[key]
     elif key is not None and isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):

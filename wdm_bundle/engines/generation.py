@@ -15,7 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from wdm_bundle.diffusion import WaveletDiffusionInferer, unwrap_model
-from wdm_bundle.utils import as_bool
+from wdm_bundle.utils import as_bool, autocast_dtype
 from wdm_bundle.visualize import save_slices_png
 
 __all__ = ["VolumeGenerator", "centered_affine", "sample_seed"]
@@ -55,7 +55,10 @@ class VolumeGenerator:
         scheduler: the sampling scheduler (DDPM with T steps or DDIM with any).
         image_shape: (C, D, H, W) of a generated image.
         spacing: voxel size in mm for the written affine.
-        amp: run the network under autocast (bf16 on CPU, fp16 on CUDA).
+        amp: run the network under autocast (the scheduler, clamp and wavelet transforms stay float32).
+        amp_dtype: autocast dtype, ``"bfloat16"`` or ``"float16"``; None = bf16 on CPU, fp16 on CUDA.
+        compile: sample with ``torch.compile(network, **compile_kwargs)`` (compiles on the first batch),
+            as MONAI's ``SupervisedTrainer(compile=True)`` does for training.
         rank, world_size: this process's share of the batches; with an initialised
             ``torch.distributed`` process group all ranks wait for each other after the
             existing-file check, so no rank's new files trip another rank's check.
@@ -80,6 +83,9 @@ class VolumeGenerator:
         progress: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        amp_dtype: str | None = None,
+        compile: bool = False,
+        compile_kwargs: dict | None = None,
     ) -> None:
         if num_samples < 1 or batch_size < 1:
             raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples}, {batch_size}.")
@@ -102,6 +108,9 @@ class VolumeGenerator:
         self.overwrite = as_bool(overwrite, "overwrite")
         self.save_png = as_bool(save_png, "save_png")
         self.amp = as_bool(amp, "amp")
+        self.amp_dtype = autocast_dtype(amp_dtype, device)
+        self.compile = as_bool(compile, "compile")
+        self.compile_kwargs = dict(compile_kwargs or {})
         self.progress = as_bool(progress, "progress")
         self.rank = int(rank)
         self.world_size = int(world_size)
@@ -140,13 +149,14 @@ class VolumeGenerator:
         if self.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()
         model = self.network.to(self.device).eval()
+        if self.compile:
+            model = torch.compile(model, **self.compile_kwargs)
         device_type = self.device.type
-        amp_dtype = torch.bfloat16 if device_type == "cpu" else torch.float16
         written = []
         batches = self.batches()
         for indices in tqdm(batches, desc="batches", disable=not self.progress or len(batches) <= 1):
             generator = torch.Generator(self.device).manual_seed(sample_seed(self.seed, indices[0], stream=1))
-            with torch.autocast(device_type, dtype=amp_dtype, enabled=self.amp):
+            with torch.autocast(device_type, dtype=self.amp_dtype, enabled=self.amp):
                 images = self.inferer.sample(self._noise(indices), model, scheduler=self.scheduler,
                                              generator=generator, verbose=self.progress)
             for i, image in zip(indices, images):

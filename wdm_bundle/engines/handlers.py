@@ -12,7 +12,7 @@ from ignite.engine import Engine, Events
 from monai.data import list_data_collate
 from torch import nn
 
-from wdm_bundle.diffusion import WaveletDiffusionInferer, make_scheduler, unwrap_model
+from wdm_bundle.diffusion import WaveletDiffusionInferer, diffusion_of, make_scheduler, unwrap_model
 from wdm_bundle.utils import as_bool
 from wdm_bundle.visualize import save_slices_png, slices_grid
 
@@ -41,7 +41,7 @@ class IterationBudget:
 
 
 class PreviewSampler:
-    """Every ``every`` iterations, sample a few volumes with few DDIM steps and show their middle slices.
+    """Every ``every`` iterations, sample a few volumes with few DDIM (or RFlow) steps and show their middle slices.
 
     Writes ``<output_dir>/preview_<iteration>.png`` and, with a ``summary_writer``, a TensorBoard
     image ``preview``; with a ``tracker`` (a MONAI `MLFlowHandler`, set by `connect_tracking`) the
@@ -54,7 +54,7 @@ class PreviewSampler:
         inferer: the training inferer (gives the data range).
         every: iterations between previews.
         num_samples: volumes per preview.
-        num_inference_steps: DDIM steps.
+        num_inference_steps: DDIM steps (RFlow steps for a rectified-flow inferer).
         dataset, prepare_batch: for conditional models, the first ``num_samples`` items of
             ``dataset`` go through ``prepare_batch`` (under a fixed seed) to give the condition
             channels; their targets are shown beside the samples.
@@ -83,8 +83,9 @@ class PreviewSampler:
         self.output_dir = Path(output_dir)
         self.every = every
         self.num_samples = num_samples
+        sampler = "rflow" if diffusion_of(inferer.scheduler) == "rflow" else "ddim"
         self.scheduler = make_scheduler(
-            "ddim", num_inference_steps, num_train_timesteps=inferer.scheduler.num_train_timesteps
+            sampler, num_inference_steps, num_train_timesteps=inferer.scheduler.num_train_timesteps
         )
         self.seed = seed
         self.summary_writer = summary_writer

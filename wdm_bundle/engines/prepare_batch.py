@@ -9,6 +9,7 @@ import torch
 from monai.data import MetaTensor
 from monai.engines.utils import DiffusionPrepareBatch
 
+from wdm_bundle.diffusion.schedulers import Diffusion
 from wdm_bundle.wavelets import HaarWavelet3D
 
 __all__ = ["WaveletPrepareBatch", "SynthesisPrepareBatch", "synthesis_inputs"]
@@ -22,7 +23,8 @@ class WaveletPrepareBatch(DiffusionPrepareBatch):
     """Turn a batch of images into (x0, x0 target, noise, timesteps) in wavelet space.
 
     The images (B, C, D, H, W) are moved to the device, then encoded there to coefficients
-    (B, 8C, D/2, H/2, W/2); the target is the clean coefficients (x0 prediction). Condition
+    (B, 8C, D/2, H/2, W/2); the target is the clean coefficients (x0 prediction), or the velocity
+    x0 - noise for rectified flow (as MONAI's MAISI trains with `RFlowScheduler`). Condition
     images under ``condition_name`` are encoded the same way and passed to the inferer.
 
     Args:
@@ -30,6 +32,7 @@ class WaveletPrepareBatch(DiffusionPrepareBatch):
         wavelet: the coder, normally ``network.wavelet``.
         image_key: batch key of the target images.
         condition_name: batch key of condition images, or None for unconditional training.
+        diffusion: training objective, ``"ddpm"`` (x0 target) or ``"rflow"`` (velocity target).
     """
 
     def __init__(
@@ -38,14 +41,16 @@ class WaveletPrepareBatch(DiffusionPrepareBatch):
         wavelet: HaarWavelet3D,
         image_key: str = "image",
         condition_name: str | None = None,
+        diffusion: str = Diffusion.DDPM,
     ) -> None:
         super().__init__(num_train_timesteps=num_train_timesteps, condition_name=condition_name)
         self.wavelet = wavelet
         self.image_key = image_key
+        self.diffusion = Diffusion(diffusion)
 
     def get_target(self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """The network predicts x0, so the target is the clean coefficients."""
-        return images
+        """The clean coefficients (x0 prediction), or the rectified-flow velocity ``x0 - noise``."""
+        return images - noise if self.diffusion == Diffusion.RFLOW else images
 
     def get_inputs(
         self, batchdata: Mapping[str, torch.Tensor], to_device: Callable[[torch.Tensor], torch.Tensor]
@@ -93,6 +98,7 @@ class SynthesisPrepareBatch(WaveletPrepareBatch):
         num_contrasts: K.
         target_index: index of the fixed target contrast, or None for the unified model.
         contrasts_key: batch key of the stacked contrasts.
+        diffusion: training objective, ``"ddpm"`` or ``"rflow"`` (see `WaveletPrepareBatch`).
     """
 
     def __init__(
@@ -102,8 +108,9 @@ class SynthesisPrepareBatch(WaveletPrepareBatch):
         num_contrasts: int,
         target_index: int | None = None,
         contrasts_key: str = "images",
+        diffusion: str = Diffusion.DDPM,
     ) -> None:
-        super().__init__(num_train_timesteps, wavelet, image_key=contrasts_key, condition_name=None)
+        super().__init__(num_train_timesteps, wavelet, image_key=contrasts_key, condition_name=None, diffusion=diffusion)
         if num_contrasts < 2:
             raise ValueError(f"num_contrasts must be >= 2 (a target and a source), got {num_contrasts}.")
         if target_index is not None and not 0 <= target_index < num_contrasts:

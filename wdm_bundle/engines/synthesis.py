@@ -23,7 +23,7 @@ from wdm_bundle.diffusion import WaveletDiffusionInferer, unwrap_model
 from wdm_bundle.engines.checkpoint import load_weights
 from wdm_bundle.engines.generation import sample_seed
 from wdm_bundle.engines.prepare_batch import synthesis_inputs
-from wdm_bundle.utils import as_bool, atomic_write
+from wdm_bundle.utils import as_bool, atomic_write, autocast_dtype
 from wdm_bundle.visualize import save_slices_png
 
 __all__ = ["CaseError", "CaseResult", "ContrastSynthesizer", "write_like"]
@@ -71,6 +71,8 @@ class ContrastSynthesizer:
             (``ckpt_paths[missing]``).
         roi_size: (D, H, W) the models were trained on, or None to pad to the network's multiple.
         clip_percentiles: per-volume intensity clip before scaling to [0, 1].
+        amp, amp_dtype: run the network under autocast, in ``amp_dtype`` (``"bfloat16"``,
+            ``"float16"``; None = bf16 on CPU, fp16 on CUDA).
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class ContrastSynthesizer:
         amp: bool = False,
         save_png: bool = True,
         progress: bool = True,
+        amp_dtype: str | None = None,
     ) -> None:
         unified = as_bool(unified, "unified")
         if len(contrasts) < 2 or len(set(contrasts)) != len(contrasts):
@@ -119,6 +122,7 @@ class ContrastSynthesizer:
         self.use_ema = as_bool(use_ema, "use_ema")
         self.overwrite = as_bool(overwrite, "overwrite")
         self.amp = as_bool(amp, "amp")
+        self.amp_dtype = autocast_dtype(amp_dtype, self.device)
         self.save_png = as_bool(save_png, "save_png")
         self.progress = as_bool(progress, "progress")
         self._networks: dict[str, nn.Module] = {}
@@ -135,7 +139,7 @@ class ContrastSynthesizer:
                     raise CaseError(f"no model for target '{missing}': ckpt_paths has {sorted(self.ckpt_paths)}.")
                 net, path = self.network_factory(condition_channels=k - 1, extra_channels=0), self.ckpt_paths[missing]
             try:
-                load_weights(net, path, key="ema" if self.use_ema else "model")
+                load_weights(net, path, key="ema" if self.use_ema else "model", sampler=self.scheduler)
             except FileNotFoundError as e:
                 raise CaseError(str(e)) from e
             if self.roi_size:
@@ -223,8 +227,7 @@ class ContrastSynthesizer:
         seed = sample_seed(self.seed, zlib.crc32(case.encode()))
         noise = torch.randn((1, unwrap_model(net).out_channels, *condition.shape[2:]), generator=torch.Generator().manual_seed(seed)).to(self.device)
         generator = torch.Generator(self.device).manual_seed(seed)
-        amp_dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
-        with torch.autocast(self.device.type, dtype=amp_dtype, enabled=self.amp):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             image = self.inferer.sample(noise, net, scheduler=self.scheduler, conditioning=condition,
                                         generator=generator, verbose=False)
         out = ResizeWithPadOrCrop(shape)(image[0].float().cpu())[0]  # undo pad/crop: back to the case's grid

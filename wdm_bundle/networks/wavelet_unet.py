@@ -7,13 +7,47 @@ from collections.abc import Callable, Sequence
 import torch
 from monai.networks.nets import DiffusionModelUNet
 from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
+from wdm_bundle.utils import as_bool
 from wdm_bundle.wavelets import HaarWavelet3D, ImageSpace
 
-__all__ = ["WaveletDiffusionUNet", "PAPER_CHANNELS"]
+__all__ = ["WaveletDiffusionUNet", "PAPER_CHANNELS", "apply_activation_checkpointing"]
 
 #: Paper sizes: base 64 channels, multipliers (1,2,2,4,4) at 128^3 and (1,2,2,4,4,4) at 256^3.
 PAPER_CHANNELS = {128: (64, 128, 128, 256, 256), 256: (64, 128, 128, 256, 256, 256)}
+
+#: Class-name endings of the blocks that are checkpointed: residual blocks of MONAI's
+#: `DiffusionModelUNet` and of the reference backbones, and self-attention blocks.
+_CHECKPOINTED = ("ResnetBlock", "ResBlock", "AttentionBlock")
+
+
+def apply_activation_checkpointing(backbone: nn.Module) -> int:
+    """Recompute each residual/attention block's activations in the backward pass instead of storing them.
+
+    Wraps every residual and self-attention block of ``backbone`` in PyTorch's non-reentrant
+    checkpoint wrapper (``torch.utils.checkpoint``; MONAI's `DiffusionModelUNet` has no such
+    option), so a training step keeps only each block's input (about one tensor per block
+    instead of ~8); the cost is one more forward pass. Parameter names and ``state_dict`` keys
+    do not change. Returns the number of wrapped blocks.
+
+    Raises:
+        ValueError: ``backbone`` has no block whose class name ends in one of ``_CHECKPOINTED``.
+    """
+    targets = []
+    for name, module in backbone.named_modules():
+        if name and type(module).__name__.endswith(_CHECKPOINTED) and not any(name.startswith(t + ".") for t in targets):
+            targets.append(name)
+    if isinstance(getattr(backbone, "out", None), nn.Module):
+        targets.append("out")  # output head: GroupNorm, SiLU, conv at full resolution
+    for name in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = backbone.get_submodule(parent_name) if parent_name else backbone
+        setattr(parent, child, checkpoint_wrapper(getattr(parent, child)))
+    if not targets:
+        raise ValueError(f"activation checkpointing found no residual or attention block (class name ending in "
+                         f"{', '.join(_CHECKPOINTED)}) in {type(backbone).__name__}.")
+    return len(targets)
 
 
 class WaveletDiffusionUNet(nn.Module):
@@ -43,6 +77,9 @@ class WaveletDiffusionUNet(nn.Module):
         backbone: an alternative backbone with the `DiffusionModelUNet` calling convention
             ``forward(x, timesteps, context=None)``, or a callable that builds one (so that a
             config factory makes a fresh backbone per network); the sizes above are then ignored.
+        activation_checkpointing: recompute block activations in the backward pass (see
+            `apply_activation_checkpointing`): much less training memory for about one more
+            forward pass of time; no effect on inference or on the weights.
         **backbone_kwargs: further `DiffusionModelUNet` arguments.
     """
 
@@ -60,6 +97,7 @@ class WaveletDiffusionUNet(nn.Module):
         lll_scale: float = 3.0,
         space: str = "wavelet",
         backbone: nn.Module | Callable[[], nn.Module] | None = None,
+        activation_checkpointing: bool = False,
         **backbone_kwargs,
     ) -> None:
         super().__init__()
@@ -104,6 +142,9 @@ class WaveletDiffusionUNet(nn.Module):
         if backbone_in != self.in_channels:
             raise ValueError(f"backbone takes {backbone_in} input channels but this wrapper feeds it {self.in_channels} "
                              f"({bands} x ({image_channels} + {condition_channels}) + {extra_channels}).")
+        self.activation_checkpointing = as_bool(activation_checkpointing, "activation_checkpointing")
+        if self.activation_checkpointing:
+            apply_activation_checkpointing(backbone)
         self.backbone = backbone
 
     @property
