@@ -10,8 +10,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ["peak_memory", "median_time", "machine_info", "sync"]
+__all__ = [
+    "peak_memory", "median_time", "machine_info", "sync", "NETWORKS", "build_network", "native_low_precision",
+    "wavelet_speed", "training_step", "sampling_time", "denoising_step_memory", "training_step_memory",
+]
 
 
 def sync(device: str | torch.device) -> None:
@@ -116,3 +120,168 @@ def machine_info(device: str | torch.device = "cpu") -> dict:
     except ImportError:
         pass
     return info
+
+
+#: U-Net sizes used by the benchmark: the demo net, the paper's nets for 128^3 and 256^3 volumes, a tiny one.
+NETWORKS = {
+    "tiny": {"channels": (8, 8), "num_res_blocks": 1, "norm_num_groups": 8},
+    "demo": {"channels": (16, 32, 32), "num_res_blocks": 1, "norm_num_groups": 8},
+    "paper128": {"channels": (64, 128, 128, 256, 256), "num_res_blocks": 2, "norm_num_groups": 32},
+    "paper256": {"channels": (64, 128, 128, 256, 256, 256), "num_res_blocks": 2, "norm_num_groups": 32},
+}
+
+
+def build_network(name: str, space: str = "wavelet", activation_checkpointing: bool = False, seed: int = 0):
+    """`WaveletDiffusionUNet` of preset ``name`` (see `NETWORKS`) in ``space`` ("wavelet" = WDM, "image" = 3D DDPM)."""
+    from wdm_bundle.networks import WaveletDiffusionUNet
+
+    if name not in NETWORKS:
+        raise ValueError(f"unknown network preset '{name}'; choose one of {sorted(NETWORKS)}.")
+    torch.manual_seed(seed)
+    net = WaveletDiffusionUNet(space=space, activation_checkpointing=activation_checkpointing, **NETWORKS[name])
+    with torch.no_grad():  # the output conv is zero-initialised; real weights make the work realistic
+        for p in net.backbone.out.parameters():
+            p.normal_(0, 0.02)
+    return net
+
+
+def native_low_precision(device: str | torch.device) -> bool:
+    """Whether bf16 autocast runs at full speed: any CUDA device, or a CPU with AVX512-BF16 / AMX."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return True
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _nbytes(tensors) -> int:
+    return int(sum(t.numel() * t.element_size() for t in tensors))
+
+
+def _conv_dwt(x: torch.Tensor) -> torch.Tensor:
+    """The previous DWT: stride-2 conv3d with the 8 Haar filters (for comparison only)."""
+    from wdm_bundle.wavelets import haar_filters
+
+    b, c, *spatial = x.shape
+    y = F.conv3d(x.reshape(b * c, 1, *spatial), haar_filters(x.dtype, x.device), stride=2)
+    return y.reshape(b, 8 * c, *y.shape[2:])
+
+
+def _conv_idwt(y: torch.Tensor) -> torch.Tensor:
+    from wdm_bundle.wavelets import haar_filters
+
+    b, c8, *spatial = y.shape
+    x = F.conv_transpose3d(y.reshape(b * c8 // 8, 8, *spatial), haar_filters(y.dtype, y.device), stride=2)
+    return x.reshape(b, c8 // 8, *x.shape[2:])
+
+
+def wavelet_speed(size: int, device: str | torch.device = "cpu", repeats: int = 5) -> dict:
+    """Median seconds of DWT, IDWT (ours and the conv3d variant), PyWavelets and a plain copy of a (1, 1, size^3) float32 volume."""
+    from wdm_bundle.wavelets import dwt3d, idwt3d
+
+    x = torch.randn(1, 1, size, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    y = dwt3d(x)
+    timed = {
+        "copy": lambda: x.clone(),
+        "dwt": lambda: dwt3d(x),
+        "idwt": lambda: idwt3d(y),
+        "dwt_idwt": lambda: idwt3d(dwt3d(x)),
+        "conv_dwt": lambda: _conv_dwt(x),
+        "conv_idwt": lambda: _conv_idwt(y),
+    }
+    out = {name: median_time(fn, repeats, 1, device)["median"] for name, fn in timed.items()}
+    try:
+        import pywt
+    except ImportError:
+        return out
+    arr = x[0, 0].cpu().numpy()
+    coeffs = pywt.dwtn(arr, "haar")
+    out["pywt_dwt"] = median_time(lambda: pywt.dwtn(arr, "haar"), repeats, 1)["median"]
+    out["pywt_idwt"] = median_time(lambda: pywt.idwtn(coeffs, "haar"), repeats, 1)["median"]
+    return out
+
+
+def _train_parts(net, device, batch: int, size: int, lr: float = 1e-4):
+    from wdm_bundle.diffusion import WaveletDiffusionInferer, make_scheduler
+    from wdm_bundle.engines import WaveletPrepareBatch
+
+    net = net.to(device).train()
+    inferer = WaveletDiffusionInferer(make_scheduler("ddpm"))
+    prepare = WaveletPrepareBatch(1000, net.wavelet)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    images = torch.rand(batch, 1, size, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+    def step() -> None:
+        x0, target, _, kwargs = prepare({"image": images}, device)
+        loss = F.mse_loss(inferer(x0, net, **kwargs), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step, opt
+
+
+def _static_bytes(net, opt) -> int:
+    params = list(net.parameters())
+    state = [v for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
+    return _nbytes(params) + _nbytes(p.grad for p in params if p.grad is not None) + _nbytes(state)
+
+
+def training_step(net, size: int, device: str | torch.device = "cpu", batch: int = 1, repeats: int = 3,
+                  memory: bool = True) -> dict:
+    """One training iteration as in ``train.json`` (DWT on device, noise, forward, MSE, backward, Adam step).
+
+    Returns median seconds, and (``memory``) peak bytes = weights, gradients and Adam state plus
+    the peak of everything the step allocates (`peak_memory`).
+    """
+    torch.manual_seed(0)
+    step, opt = _train_parts(net, device, batch, size)
+    out = {"time": median_time(step, repeats, 1, device)["median"]}
+    if memory:
+        out["peak_memory"] = _static_bytes(net, opt) + peak_memory(step, device)
+    return out
+
+
+def training_step_memory(net, size: int, device: str | torch.device = "cpu", batch: int = 1) -> int:
+    """Peak bytes of one training iteration, with the Adam state already allocated (as from the second iteration on)."""
+    torch.manual_seed(0)
+    step, opt = _train_parts(net, device, batch, size)
+    for p in net.parameters():  # an Adam step on zero gradients allocates its state and changes no weight
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    return _static_bytes(net, opt) + peak_memory(step, device)
+
+
+def sampling_time(net, size: int, sampler: str, steps: int | None, device: str | torch.device = "cpu",
+                  repeats: int = 3, num_train_timesteps: int = 1000) -> float:
+    """Median seconds to sample one (1, size^3) volume with ``sampler`` and ``steps`` (net in eval mode)."""
+    from wdm_bundle.diffusion import WaveletDiffusionInferer, make_scheduler
+
+    net = net.to(device).eval()
+    scheduler = make_scheduler(sampler, steps, num_train_timesteps=num_train_timesteps)
+    inferer = WaveletDiffusionInferer(scheduler)
+    noise = torch.randn(1, *net.wavelet.coefficient_shape((1, size, size, size)),
+                        generator=torch.Generator().manual_seed(0)).to(device)
+    return median_time(lambda: inferer.sample(noise, net, verbose=False), repeats, 1, device)["median"]
+
+
+def denoising_step_memory(net, size: int, device: str | torch.device = "cpu", amp_dtype: torch.dtype | None = None,
+                          batch: int = 1) -> int:
+    """Peak bytes of one sampling step (network forward, image-space x0 clamp, DDIM update) on a (batch, 1, size^3)
+    volume: weights plus everything the step allocates, optionally under ``torch.autocast(amp_dtype)``."""
+    from wdm_bundle.diffusion import WaveletDiffusionInferer, make_scheduler
+
+    net = net.to(device).eval()
+    scheduler = make_scheduler("ddim", 1)
+    inferer = WaveletDiffusionInferer(scheduler)
+    noise = torch.randn(batch, *net.wavelet.coefficient_shape((1, size, size, size))).to(device)
+    device = torch.device(device)
+
+    def step() -> None:
+        with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            inferer.sample(noise, net, verbose=False, decode=False)
+
+    return _nbytes(net.parameters()) + peak_memory(step, device)

@@ -1,0 +1,525 @@
+"""Measure WDM against the image-space 3D DDPM and PyWavelets; write a Markdown report, a PNG and the raw JSON.
+
+Runs from the repository root without installing the package::
+
+    python scripts/benchmark.py                         # full run: docs/performance.md, docs/images/performance.png
+    python scripts/benchmark.py --quick --output_dir /tmp/bench   # harness check: tiny sizes, about a minute
+
+Every time is the median of repeated runs; every ratio compares two numbers measured in the same
+run on the same machine. Sections: wavelet transform speed, training step (time, memory) of WDM
+vs the image-space DDPM with the same U-Net, per-sample sampling time per sampler, peak memory of
+a denoising step (fp32, bf16 autocast) and of a training step with activation checkpointing off
+and on, and sample quality of few-step samplers against DDPM-1000 on the demo data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # repo root, for `wdm_bundle`
+
+import fire  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from wdm_bundle import perf  # noqa: E402
+from wdm_bundle.utils import as_bool, atomic_write  # noqa: E402
+
+logger = logging.getLogger("benchmark")
+
+#: (sampler, steps) rows of the sampling-time table; None = all T steps.
+SAMPLERS = [("ddpm", None), ("ddim", 100), ("ddim", 50), ("ddim", 10), ("rflow", 30)]
+
+FULL = {
+    "wavelet_sizes": [128, 256], "train_sizes": [32, 64, 128], "train_net": "demo", "sampling_size": 32,
+    "sampling_net": "demo", "memory_sizes": [128, 256], "checkpointing_size": 128, "repeats": 5,
+    "num_train_timesteps": 1000, "quality_iterations": 1000, "quality_samples": 8, "demo_cases": 40,
+    "demo_size": 32,
+}
+QUICK = {
+    "wavelet_sizes": [16, 32], "train_sizes": [16, 32], "train_net": "tiny", "sampling_size": 16,
+    "sampling_net": "tiny", "memory_sizes": [16, 32], "checkpointing_size": 32, "repeats": 2,
+    "num_train_timesteps": 50, "quality_iterations": 6, "quality_samples": 3, "demo_cases": 8, "demo_size": 32,
+}
+
+
+def _label(sampler: str, steps: int | None, T: int) -> str:
+    return f"{sampler.upper() if sampler != 'rflow' else 'RFlow'}-{steps or T}"
+
+
+def _memory_net(size: int, quick: bool) -> str:
+    if quick:
+        return "tiny"
+    return "paper256" if size >= 256 else "paper128"
+
+
+# ---------------------------------------------------------------- sections
+def run_wavelet(cfg: dict, device: str) -> list[dict]:
+    rows = []
+    for size in cfg["wavelet_sizes"]:
+        logger.info(f"wavelet transform at {size}^3")
+        rows.append({"size": size, **perf.wavelet_speed(size, device, cfg["repeats"])})
+    return rows
+
+
+def run_training(cfg: dict, device: str) -> list[dict]:
+    rows = []
+    for size in cfg["train_sizes"]:
+        row: dict = {"size": size, "net": cfg["train_net"], "batch": 1}
+        for space in ("wavelet", "image"):
+            logger.info(f"training step, {space} space, {size}^3")
+            net = perf.build_network(cfg["train_net"], space)
+            m = perf.training_step(net, size, device, batch=1, repeats=max(2, cfg["repeats"] - 2))
+            row[f"{space}_time"], row[f"{space}_memory"] = m["time"], m["peak_memory"]
+            del net
+        rows.append(row)
+    return rows
+
+
+def run_sampling(cfg: dict, device: str) -> list[dict]:
+    T, size, rows = cfg["num_train_timesteps"], cfg["sampling_size"], []
+    net = perf.build_network(cfg["sampling_net"])
+    for sampler, steps in SAMPLERS:
+        steps = None if steps is None else min(steps, T)
+        label = _label(sampler, steps, T)
+        if label in (r["sampler"] for r in rows):
+            continue  # e.g. DDIM-100 with T = 50 in quick mode
+        logger.info(f"sampling time {label} at {size}^3")
+        repeats = 3 if sampler == "ddpm" else cfg["repeats"]
+        seconds = perf.sampling_time(net, size, sampler, steps, device, repeats=min(repeats, cfg["repeats"]),
+                                     num_train_timesteps=T)
+        rows.append({"sampler": label, "steps": steps or T, "size": size, "net": cfg["sampling_net"], "time": seconds})
+    return rows
+
+
+def run_memory(cfg: dict, device: str, quick: bool) -> dict:
+    native = perf.native_low_precision(device)
+    inference = []
+    for size in cfg["memory_sizes"]:
+        net_name = _memory_net(size, quick)
+        for space in ("wavelet", "image") if size <= 128 else ("wavelet",):
+            net = perf.build_network(net_name, space)
+            row = {"size": size, "net": net_name, "space": space}
+            logger.info(f"denoising-step memory, {space} space, {size}^3, fp32")
+            row["fp32"] = perf.denoising_step_memory(net, size, device)
+            # bf16 without native support is ~200x slower: only the smallest quick size then, to test the harness
+            if space == "wavelet" and (native or (quick and size == min(cfg["memory_sizes"]))):
+                logger.info(f"denoising-step memory, {size}^3, bf16 autocast")
+                row["bf16"] = perf.denoising_step_memory(net, size, device, torch.bfloat16)
+            inference.append(row)
+            del net
+    size = cfg["checkpointing_size"]
+    net_name = _memory_net(size, quick)
+    training = {"size": size, "net": net_name, "batch": 1}
+    for flag in (False, True):
+        logger.info(f"training-step memory at {size}^3, activation checkpointing {flag}")
+        net = perf.build_network(net_name, activation_checkpointing=flag)
+        start = time.perf_counter()
+        training["checkpointing" if flag else "plain"] = perf.training_step_memory(net, size, device)
+        training[("checkpointing" if flag else "plain") + "_time"] = time.perf_counter() - start  # one profiled step
+        del net
+    return {"native_bf16": native, "inference": inference, "training": training}
+
+
+def _held_out_images(data_dir: Path, out_dir: Path) -> Path:
+    """Preprocess the demo test split exactly as training does and write it as NIfTI (the 'real' set)."""
+    from monai.bundle import ConfigParser
+    from monai.data import NibabelWriter
+
+    parser = ConfigParser()
+    parser.read_config([str(REPO / "configs" / "train.json"), str(REPO / "configs" / "demo.json")])
+    parser.update({"dataset_dir": str(data_dir), "split": "test", "bundle_root": str(out_dir)})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    preprocessing = parser.get_parsed_content("train#preprocessing")
+    for i, item in enumerate(parser.get_parsed_content("train#datalist")):
+        writer = NibabelWriter(output_dtype=np.float32)
+        writer.set_data_array(preprocessing(item)["image"], channel_dim=0, squeeze_end_dims=True)
+        writer.set_metadata({"affine": np.eye(4), "original_affine": np.eye(4)}, resample=False)
+        writer.write(str(out_dir / f"real_{i:04d}.nii.gz"), verbose=False)
+    return out_dir
+
+
+def _workflow(configs: list[str], workflow_type: str, **override):
+    from monai.bundle import ConfigWorkflow
+
+    wf = ConfigWorkflow(config_file=[str(REPO / "configs" / c) for c in configs],
+                        meta_file=str(REPO / "configs" / "metadata.json"), workflow_type=workflow_type, **override)
+    wf.initialize()
+    return wf
+
+
+def _distances(fake_dir: Path, real_dir: Path) -> dict:
+    """Mean-image RMSE and intensity-histogram W1 of samples vs held-out volumes (the demo learning check)."""
+    import nibabel as nib
+    from scipy.stats import wasserstein_distance
+
+    def load(d: Path) -> np.ndarray:
+        return np.stack([nib.load(str(f)).get_fdata(dtype=np.float32) for f in sorted(d.glob("*.nii.gz"))])
+
+    fake, real = load(fake_dir), load(real_dir)
+    return {"mean_image_rmse": float(np.sqrt(((fake.mean(0) - real.mean(0)) ** 2).mean())),
+            "histogram_w1": float(wasserstein_distance(fake.ravel()[::7], real.ravel()[::7]))}
+
+
+def run_quality(cfg: dict, device: str, work_dir: Path, demo_data: str | None, ddpm_bundle: str | None,
+                rflow_bundle: str | None, med3d_weights: str | None) -> dict:
+    """Train a DDPM (x0) and an RFlow demo model with the same budget, sample each way, score against held-out data."""
+    from wdm_bundle.data.demo import make_demo_dataset
+    from wdm_bundle.metrics import GenerationEvaluator
+
+    T, iters, n = cfg["num_train_timesteps"], cfg["quality_iterations"], cfg["quality_samples"]
+    if demo_data is None:
+        demo_data = str(work_dir / "demo_data")
+        if not (Path(demo_data) / "datalist.json").exists():
+            logger.info("making demo data")
+            make_demo_dataset(demo_data, num_cases=cfg["demo_cases"], size=cfg["demo_size"],
+                              num_test=max(2, cfg["demo_cases"] // 5), seed=0, progress=False)
+    real_dir = _held_out_images(Path(demo_data), work_dir / "real")
+    common = {"dataset_dir": demo_data, "num_train_timesteps": T, "device": device}
+    bundles, train_seconds = {}, {}
+    for diffusion, given in (("ddpm", ddpm_bundle), ("rflow", rflow_bundle)):
+        root = Path(given) if given else work_dir / f"train_{diffusion}"
+        if not (root / "models" / "model.pt").exists():
+            logger.info(f"training the {diffusion} demo model for {iters} iterations")
+            wf = _workflow(["train.json", "demo.json"], "train", bundle_root=str(root), diffusion=diffusion,
+                           num_iterations=iters, preview_every=0, log_every=max(1, iters // 10), overwrite=True,
+                           **common)
+            start = time.perf_counter()
+            wf.run()
+            train_seconds[diffusion] = time.perf_counter() - start
+            wf.finalize()
+        bundles[diffusion] = root
+    rows = []
+    for sampler, steps in [("ddpm", None), ("ddim", 50), ("ddim", 10), ("rflow", 30)]:
+        steps = None if steps is None else min(steps, T)
+        label = _label(sampler, steps, T)
+        root = bundles["rflow" if sampler == "rflow" else "ddpm"]
+        out = work_dir / "samples" / label
+        shutil.rmtree(out, ignore_errors=True)
+        logger.info(f"sampling {n} volumes with {label}")
+        wf = _workflow(["inference.json", "demo.json"], "infer", bundle_root=str(root), output_dir=str(out),
+                       num_samples=n, batch_size=n, sampler=sampler, num_inference_steps=steps, progress=False,
+                       save_png=False, seed=1, **common)
+        start = time.perf_counter()
+        wf.run()
+        seconds = time.perf_counter() - start
+        metrics = GenerationEvaluator(real_dir, out, work_dir / "metrics" / label, value_range=(-1, 1),
+                                      med3d_weights=med3d_weights, device=device, progress=False,
+                                      num_preview=2).run()
+        rows.append({"sampler": label, "model": "rflow" if sampler == "rflow" else "ddpm", "num_samples": n,
+                     "time": seconds, "ms_ssim_fake": metrics["ms_ssim_fake"].get("value"),
+                     "ms_ssim_real": metrics["ms_ssim_real"].get("value"), "fid": metrics["fid"].get("value"),
+                     **_distances(out, real_dir)})
+    return {"iterations": iters, "train_seconds": train_seconds, "demo_data": demo_data, "rows": rows,
+            "med3d_weights": med3d_weights}
+
+
+# ---------------------------------------------------------------- report
+def _gb(b: float | None) -> str:
+    return "–" if b is None else (f"{b / 1e9:.2f} GB" if b >= 1e8 else f"{b / 1e6:.1f} MB")
+
+
+def _s(x: float | None) -> str:
+    if x is None:
+        return "–"
+    return f"{x * 1e3:.2f} ms" if x < 1 else f"{x:.2f} s"
+
+
+def targets(results: dict) -> list[tuple[str, str, bool | None]]:
+    """(target, measured, met) rows; met is None when the run had no data for it."""
+    out = []
+    w = results.get("wavelet") or []
+    if w:
+        big = max(w, key=lambda r: r["size"])
+        ratio = big["dwt_idwt"] / big["copy"]
+        out.append((f"DWT+IDWT at {big['size']}³ within 2× of a tensor copy", f"{ratio:.1f}× the copy", ratio <= 2))
+        if "pywt_dwt" in big:
+            speed = (big["pywt_dwt"] + big["pywt_idwt"]) / (big["dwt"] + big["idwt"])
+            out.append((f"DWT+IDWT ≥5× faster than PyWavelets at {big['size']}³", f"{speed:.1f}×", speed >= 5))
+    t = results.get("training") or []
+    if t:
+        big = max(t, key=lambda r: r["size"])
+        speed = big["image_time"] / big["wavelet_time"]
+        mem = big["wavelet_memory"] / big["image_memory"]
+        out.append((f"WDM training step ≥4× faster than image-space DDPM ({big['size']}³)", f"{speed:.1f}×", speed >= 4))
+        out.append((f"WDM training peak memory ≤0.4× image-space DDPM ({big['size']}³)", f"{mem:.2f}×", mem <= 0.4))
+    s = {r["sampler"]: r["time"] for r in results.get("sampling") or []}
+    ref = next((v for k, v in s.items() if k.startswith("DDPM")), None)
+    fast = [(ref / v, k) for k, v in s.items() if k in ("DDIM-50", "RFlow-30")] if ref else []
+    if fast:
+        best = max(fast)
+        ref_label = next(k for k in s if k.startswith("DDPM"))
+        out.append((f"DDIM-50 or RFlow-30 sampling ≥20× faster than {ref_label}", f"{best[1]}: {best[0]:.0f}×",
+                    best[0] >= 20))
+    q = (results.get("quality") or {}).get("rows") or []
+    if q:
+        ref_row = q[0]
+        keys = ["mean_image_rmse", "histogram_w1", "ms_ssim_fake"] + (["fid"] if ref_row.get("fid") is not None else [])
+        for r in q[1:]:
+            if r["sampler"] not in ("DDIM-50", "RFlow-30"):
+                continue
+            devs = {k: abs(r[k] / ref_row[k] - 1) for k in keys if r.get(k) is not None and ref_row.get(k)}
+            worst = max(devs.values()) if devs else None
+            out.append((f"{r['sampler']} quality within 10% of {ref_row['sampler']} on every metric",
+                        "worst " + (f"{100 * worst:.0f}%" if worst is not None else "–"),
+                        None if worst is None else worst <= 0.10))
+    m = (results.get("memory") or {}).get("training")
+    if m:
+        ratio = m["plain"] / m["checkpointing"]
+        out.append(("Activation checkpointing cuts training peak memory ≥2×", f"{ratio:.1f}×", ratio >= 2))
+    return out
+
+
+def write_markdown(results: dict, path: Path, png_name: str | None) -> None:
+    info, cfg = results["machine"], results["settings"]
+    L = ["# Performance: WDM vs image-space 3D DDPM and PyWavelets", ""]
+    if results["quick"]:
+        L += ["> **Quick mode** (`--quick`): tiny sizes and 1–2 repeats to check the harness. These numbers say "
+              "nothing about performance.", ""]
+    L += [f"Generated by `{results['command']}` on {results['date']} ({results['seconds'] / 60:.1f} min).", "",
+          "**Machine**: " + ", ".join(f"{k} {v}" for k, v in info.items() if v is not None) + ".", "",
+          f"Times are medians of {cfg['repeats']} runs (after one warm-up) unless stated; ratios compare numbers "
+          "from this same run. Memory is the peak of torch allocations (CUDA: `max_memory_allocated`; CPU: the "
+          "allocation trace of `torch.profiler`), weights and optimizer state included; it is deterministic, "
+          "times are not.", ""]
+    if png_name:
+        L += [f"![performance]({png_name})", ""]
+    rows = targets(results)
+    if rows:
+        L += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
+        L += [f"| {t} | {m} | {'–' if ok is None else ('yes' if ok else '**no**')} |" for t, m, ok in rows] + [""]
+    if results.get("wavelet"):
+        L += ["## Wavelet transform (one level, 3D Haar, float32, batch 1)", "",
+              "| size | copy | DWT | IDWT | DWT+IDWT | (DWT+IDWT)/copy | conv3d DWT / conv_transpose3d IDWT (previous) "
+              "| PyWavelets dwtn / idwtn | PyWavelets / ours |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in results["wavelet"]:
+            pw = f"{_s(r.get('pywt_dwt'))} / {_s(r.get('pywt_idwt'))}"
+            sp = (f"{(r['pywt_dwt'] + r['pywt_idwt']) / (r['dwt'] + r['idwt']):.1f}×" if "pywt_dwt" in r else "–")
+            L.append(f"| {r['size']}³ | {_s(r['copy'])} | {_s(r['dwt'])} | {_s(r['idwt'])} | {_s(r['dwt_idwt'])} | "
+                     f"{r['dwt_idwt'] / r['copy']:.1f}× | {_s(r['conv_dwt'])} / {_s(r['conv_idwt'])} | {pw} | {sp} |")
+        L += ["", "The copy (`x.clone()`) reads and writes the volume once: the memory-bandwidth floor of any "
+              "transform that does the same.", ""]
+    if results.get("training"):
+        L += ["## Training step: WDM vs image-space 3D DDPM, same U-Net", "",
+              "One iteration as in `train.json` (DWT on the device, noising, forward, MSE, backward, Adam), batch 1.", "",
+              "| size | U-Net | WDM time | DDPM time | speed-up | WDM peak memory | DDPM peak memory | memory ratio |",
+              "|---|---|---|---|---|---|---|---|"]
+        for r in results["training"]:
+            L.append(f"| {r['size']}³ | {r['net']} {perf.NETWORKS[r['net']]['channels']} | {_s(r['wavelet_time'])} | "
+                     f"{_s(r['image_time'])} | {r['image_time'] / r['wavelet_time']:.1f}× | {_gb(r['wavelet_memory'])} | "
+                     f"{_gb(r['image_memory'])} | {r['wavelet_memory'] / r['image_memory']:.2f}× |")
+        L.append("")
+    if results.get("sampling"):
+        ref = results["sampling"][0]["time"]
+        r0 = results["sampling"][0]
+        L += [f"## Sampling time per volume ({r0['size']}³ images, U-Net {r0['net']} "
+              f"{perf.NETWORKS[r0['net']]['channels']}, batch 1)", "",
+              "| sampler | network calls | time per sample | speed-up vs " + r0["sampler"] + " |", "|---|---|---|---|"]
+        L += [f"| {r['sampler']} | {r['steps']} | {_s(r['time'])} | {ref / r['time']:.1f}× |" for r in results["sampling"]]
+        L.append("")
+    mem = results.get("memory")
+    if mem:
+        L += ["## Peak memory", "", "One denoising step (network forward, image-space x0 clamp, DDIM update), batch 1:", "",
+              "| size | U-Net | space | fp32 | bf16 autocast |", "|---|---|---|---|---|"]
+        for r in mem["inference"]:
+            bf = _gb(r["bf16"]) if "bf16" in r else ("not measured: no native bf16 on this CPU" if r["space"] == "wavelet" else "–")
+            L.append(f"| {r['size']}³ | {r['net']} | {'WDM' if r['space'] == 'wavelet' else 'image-space DDPM'} | "
+                     f"{_gb(r['fp32'])} | {bf} |")
+        t = mem["training"]
+        L += ["", f"One WDM training step at {t['size']}³ (U-Net {t['net']}, batch 1, Adam):", "",
+              "| activation checkpointing | peak memory | wall time of the step (under the memory profiler, 1 run) |", "|---|---|---|",
+              f"| off | {_gb(t['plain'])} | {_s(t['plain_time'])} |",
+              f"| on | {_gb(t['checkpointing'])} | {_s(t['checkpointing_time'])} |", "",
+              f"Reduction: {t['plain'] / t['checkpointing']:.1f}×.", ""]
+        if not mem["native_bf16"]:
+            L += ["This CPU has no native bf16 (no AVX512-BF16/AMX): a bf16 conv3d runs about 200× slower than fp32 "
+                  "here, so bf16 autocast is for GPUs and recent CPUs only.", ""]
+    q = results.get("quality")
+    if q:
+        L += ["## Sample quality of fast samplers (demo data)", "",
+              f"Two demo models (`configs/demo.json`) trained with the same budget of {q['iterations']} iterations: "
+              "x0 prediction (`--diffusion ddpm`) sampled with DDPM and DDIM, rectified flow (`--diffusion rflow`) "
+              f"sampled with RFlow. {q['rows'][0]['num_samples']} samples each, compared with the held-out demo test "
+              "volumes. Lower is better for RMSE, W1 and FID; MS-SSIM (diversity) should be close to the real set's.", "",
+              "| sampler | model | time for all samples | mean-image RMSE | histogram W1 | MS-SSIM (real: {}) | FID |".format(
+                  f"{q['rows'][0]['ms_ssim_real']:.3f}" if q["rows"][0]["ms_ssim_real"] is not None else "–"),
+              "|---|---|---|---|---|---|---|"]
+        for r in q["rows"]:
+            fid = "skipped (no --med3d_weights)" if r["fid"] is None else f"{r['fid']:.2f}"
+            ms = "–" if r["ms_ssim_fake"] is None else f"{r['ms_ssim_fake']:.3f}"
+            L.append(f"| {r['sampler']} | {r['model']} | {_s(r['time'])} | {r['mean_image_rmse']:.3f} | "
+                     f"{r['histogram_w1']:.3f} | {ms} | {fid} |")
+        L.append("")
+    L += ["## Reproduce", "", f"```bash\n{results['command']}\n```", "",
+          "Raw numbers: `" + results["json_name"] + "` next to this file.", ""]
+    atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(L)))
+
+
+def write_plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
+    ax = axes[0]
+    w = results.get("wavelet") or []
+    if w:
+        names = [("copy", "copy"), ("dwt", "DWT"), ("idwt", "IDWT"), ("conv_idwt", "conv_transpose IDWT"),
+                 ("pywt_dwt", "PyWavelets DWT"), ("pywt_idwt", "PyWavelets IDWT")]
+        x = np.arange(len(w))
+        for i, (k, label) in enumerate(n for n in names if n[0] in w[0]):
+            ax.bar(x + i * 0.13, [r[k] * 1e3 for r in w], 0.13, label=label)
+        ax.set_xticks(x + 0.33, [f"{r['size']}³" for r in w])
+        ax.set_yscale("log")
+        ax.set_ylabel("ms (median)")
+        ax.set_title("Haar wavelet transform")
+        ax.legend(fontsize=7)
+    ax = axes[1]
+    t = results.get("training") or []
+    if t:
+        sizes = [f"{r['size']}³" for r in t]
+        x = np.arange(len(t))
+        ax.bar(x - 0.2, [r["wavelet_time"] for r in t], 0.4, label="WDM")
+        ax.bar(x + 0.2, [r["image_time"] for r in t], 0.4, label="image-space DDPM")
+        ax.set_xticks(x, sizes)
+        ax.set_yscale("log")
+        ax.set_ylabel("s per training step")
+        ax2 = ax.twinx()
+        ax2.plot(x, [r["image_memory"] / r["wavelet_memory"] for r in t], "k.-", label="memory DDPM / WDM")
+        ax2.set_ylabel("memory ratio DDPM / WDM")
+        ax.set_title("Training step, same U-Net")
+        ax.legend(fontsize=7, loc="upper left")
+        ax2.legend(fontsize=7, loc="lower right")
+    ax = axes[2]
+    s = results.get("sampling") or []
+    if s:
+        ax.bar([r["sampler"] for r in s], [r["time"] for r in s], color="tab:green")
+        ax.set_yscale("log")
+        ax.set_ylabel("s per sample")
+        ax.set_title(f"Sampling at {s[0]['size']}³")
+        ax.tick_params(axis="x", labelsize=8)
+    ax = axes[3]
+    m = results.get("memory")
+    if m:
+        labels, values = [], []
+        for r in m["inference"]:
+            tag = "WDM" if r["space"] == "wavelet" else "DDPM"
+            labels.append(f"{tag} {r['size']}³ fp32")
+            values.append(r["fp32"])
+            if "bf16" in r:
+                labels.append(f"{tag} {r['size']}³ bf16")
+                values.append(r["bf16"])
+        tr = m["training"]
+        labels += [f"train {tr['size']}³", f"train {tr['size']}³ ckpt"]
+        values += [tr["plain"], tr["checkpointing"]]
+        ax.barh(labels, [v / 1e9 for v in values], color="tab:purple")
+        ax.set_xlabel("peak GB")
+        ax.set_title("Peak memory")
+        ax.tick_params(axis="y", labelsize=7)
+    fig.suptitle(("QUICK MODE (harness check) – " if results["quick"] else "") + results["machine"].get("cpu", "")
+                 + (f" / {results['machine']['gpu']}" if "gpu" in results["machine"] else ""))
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- command line
+def benchmark(
+    quick: bool = False,
+    output_dir: str | None = None,
+    device: str | None = None,
+    sections: str = "wavelet,training,sampling,memory,quality",
+    demo_data: str | None = None,
+    ddpm_bundle: str | None = None,
+    rflow_bundle: str | None = None,
+    quality_iterations: int | None = None,
+    med3d_weights: str | None = None,
+    work_dir: str | None = None,
+    threads: int | None = None,
+    overwrite: bool = True,
+) -> str:
+    """Run the benchmark and write ``performance.md``, ``images/performance.png`` and ``performance.json``.
+
+    Example::
+
+        python scripts/benchmark.py                                  # full run on this machine, into docs/
+        python scripts/benchmark.py --quick --output_dir /tmp/bench  # harness check, about a minute
+        python scripts/benchmark.py --sections wavelet,sampling      # some sections only
+        python scripts/benchmark.py --ddpm_bundle runs/ddpm --rflow_bundle runs/rflow  # reuse trained demo models
+
+    Args:
+        quick: tiny sizes and few repeats (checks the harness; the numbers mean nothing).
+        output_dir: folder of the Markdown and JSON (the PNG goes to ``<output_dir>/images``);
+            default ``docs`` (full) or ``eval/benchmark_quick`` (quick).
+        device: torch device; default CUDA if available, else CPU.
+        sections: comma-separated subset of wavelet, training, sampling, memory, quality.
+        demo_data: demo data folder for the quality section (default: made in ``work_dir``).
+        ddpm_bundle, rflow_bundle: bundle roots holding ``models/model.pt`` of demo models trained
+            with ``--diffusion ddpm`` / ``rflow``; missing ones are trained (same budget for both).
+        quality_iterations: training iterations of each quality model (full default 1000).
+        med3d_weights: MedicalNet resnet_50.pth for FID in the quality section.
+        work_dir: scratch folder for trained models and samples (default: a temporary folder).
+        threads: torch CPU threads (default: torch's choice).
+        overwrite: replace an existing report in ``output_dir``.
+
+    Returns:
+        Path of the written Markdown file.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quick = as_bool(quick, "quick")
+    cfg = dict(QUICK if quick else FULL)
+    if quality_iterations is not None:
+        cfg["quality_iterations"] = int(quality_iterations)
+    if threads:
+        torch.set_num_threads(int(threads))
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    chosen = [s.strip() for s in (sections.split(",") if isinstance(sections, str) else sections) if s.strip()]
+    unknown = sorted(set(chosen) - {"wavelet", "training", "sampling", "memory", "quality"})
+    if unknown:
+        raise ValueError(f"unknown sections {unknown}; choose from wavelet, training, sampling, memory, quality.")
+    out = Path(output_dir or (REPO / ("eval/benchmark_quick" if quick else "docs")))
+    md_path, json_path, png_path = out / "performance.md", out / "performance.json", out / "images" / "performance.png"
+    if md_path.exists() and not as_bool(overwrite, "overwrite"):
+        raise FileExistsError(f"'{md_path}' exists; pass --overwrite true or another --output_dir.")
+    command = "python scripts/benchmark.py" + " ".join(f" {a}" for a in sys.argv[1:]) if sys.argv[0].endswith(
+        "benchmark.py") else f"benchmark(quick={quick}, sections={sections!r})"
+    results: dict = {"quick": quick, "machine": perf.machine_info(device), "settings": cfg, "command": command,
+                     "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "sections": chosen,
+                     "json_name": json_path.name}
+    start = time.perf_counter()
+    scratch = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="wdm_benchmark_"))
+    try:
+        if "wavelet" in chosen:
+            results["wavelet"] = run_wavelet(cfg, device)
+        if "training" in chosen:
+            results["training"] = run_training(cfg, device)
+        if "sampling" in chosen:
+            results["sampling"] = run_sampling(cfg, device)
+        if "memory" in chosen:
+            results["memory"] = run_memory(cfg, device, quick)
+        if "quality" in chosen:
+            results["quality"] = run_quality(cfg, device, scratch, demo_data, ddpm_bundle, rflow_bundle, med3d_weights)
+    finally:
+        if not work_dir:
+            shutil.rmtree(scratch, ignore_errors=True)
+    results["seconds"] = time.perf_counter() - start
+    results["targets"] = [{"target": t, "measured": m, "met": ok} for t, m, ok in targets(results)]
+    out.mkdir(parents=True, exist_ok=True)
+    write_plot(results, png_path)
+    atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2) + "\n"))
+    write_markdown(results, md_path, str(png_path.relative_to(out)))
+    logger.info(f"wrote {md_path}, {png_path} and {json_path} in {results['seconds'] / 60:.1f} min")
+    return str(md_path)
+
+
+if __name__ == "__main__":
+    fire.Fire(benchmark)

@@ -1,0 +1,49 @@
+"""`scripts/benchmark.py --quick`: the harness runs every section and writes the report, plot and JSON.
+
+Checks structure only, never timings (the CI machine is shared and timings are noise).
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+SECTIONS = ["## Targets", "## Wavelet transform", "## Training step", "## Sampling time per volume", "## Peak memory",
+            "## Sample quality of fast samplers", "## Reproduce"]
+
+
+def test_quick_benchmark_writes_report(repo_root, demo_data, tmp_path):
+    out = tmp_path / "bench"
+    cmd = [sys.executable, str(repo_root / "scripts" / "benchmark.py"), "--quick", "--output_dir", str(out),
+           "--demo_data", str(demo_data), "--work_dir", str(tmp_path / "work")]
+    run = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    md = (out / "performance.md").read_text()
+    positions = [md.index(s) for s in SECTIONS]
+    assert positions == sorted(positions)
+    assert "Quick mode" in md and "![performance](images/performance.png)" in md
+    for sampler in ("DDPM-50", "DDIM-10", "RFlow-30"):
+        assert f"| {sampler} |" in md
+
+    data = json.loads((out / "performance.json").read_text())
+    assert data["quick"] is True and data["machine"]["device"] == "cpu"
+    assert [r["size"] for r in data["wavelet"]] == [16, 32]
+    assert all(r["dwt"] > 0 and r["pywt_dwt"] > 0 and r["copy"] > 0 for r in data["wavelet"])
+    assert all(r["wavelet_memory"] < r["image_memory"] for r in data["training"])  # bytes are deterministic
+    assert [r["sampler"] for r in data["sampling"]] == ["DDPM-50", "DDIM-50", "DDIM-10", "RFlow-30"]
+    mem = data["memory"]
+    assert mem["training"]["checkpointing"] < mem["training"]["plain"]
+    assert {"fp32", "bf16"} <= set(mem["inference"][0])
+    quality = data["quality"]["rows"]
+    assert [r["sampler"] for r in quality] == ["DDPM-50", "DDIM-50", "DDIM-10", "RFlow-30"]
+    assert all(r["mean_image_rmse"] >= 0 and r["ms_ssim_fake"] is not None for r in quality)
+    assert len(data["targets"]) >= 6 and all({"target", "measured", "met"} <= set(t) for t in data["targets"])
+
+    png = Image.open(out / "images" / "performance.png")
+    assert png.size[0] > 1000 and png.size[1] > 300
+    assert (tmp_path / "work" / "train_rflow" / "models" / "model.pt").exists()
