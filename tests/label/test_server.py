@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -34,8 +35,12 @@ def server(label_python, repo_root, tiny_models, demo_case, label_spec, tmp_path
     """Start ``monailabel start_server`` with the app; yields (base url, studies folder, process); SIGTERM at the end."""
     tmp = tmp_path_factory.mktemp("label_server")
     studies = label_spec.make_studies(tmp / "studies", demo_case)
+    app = tmp / "app"  # a copy: the server writes logs/, bin/, lib/, model/ into its app folder
+    app.mkdir()
+    shutil.copy(repo_root / "apps" / "monailabel_wdm" / "main.py", app)
     port = _free_port()
     conf = {
+        "bundle_root": str(repo_root),
         "synthesis_configs": ",".join(label_spec.synthesis_configs),
         "generation_configs": ",".join(label_spec.generation_configs),
         "synthesis#ckpt_dir": str(tiny_models),
@@ -43,7 +48,7 @@ def server(label_python, repo_root, tiny_models, demo_case, label_spec, tmp_path
         "generation#ckpt_path": str(tiny_models / "model.pt"),
         "generation#num_inference_steps": str(STEPS),
     }
-    cmd = [str(label_python), "-m", "monailabel.main", "start_server", "--app", str(repo_root / "apps" / "monailabel_wdm"),
+    cmd = [str(label_python), "-m", "monailabel.main", "start_server", "--app", str(app),
            "--studies", str(studies), "--host", "127.0.0.1", "--port", str(port)]
     for k, v in conf.items():
         cmd += ["--conf", k, v]
