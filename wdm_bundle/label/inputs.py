@@ -58,7 +58,7 @@ def case_files(image: str | os.PathLike, contrasts: Sequence[str]) -> tuple[str,
     case = stem[: -len(contrast) - 1]
     files = {}
     for c in contrasts:
-        found = [path.parent / f"{case}-{c}{ext}" for ext in _NIFTI if (path.parent / f"{case}-{c}{ext}").is_file()]
+        found = [f for f in (path.parent / f"{case}-{c}{ext}" for ext in _NIFTI) if f.is_file()]
         if found:
             files[c] = str(found[0])
     return case, files

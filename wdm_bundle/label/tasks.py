@@ -38,6 +38,8 @@ def http_errors() -> Iterator[None]:
 
 
 class _ServiceInfer(BasicInferTask):
+    """A task around a service: its weights are the task's paths, its defaults the task's config (shown in /info)."""
+
     def __init__(self, service: Any, description: str) -> None:
         super().__init__(path=service.weights, network=None, type=InferType.OTHERS, labels=None, dimension=3,
                          description=description, config=service.defaults())
