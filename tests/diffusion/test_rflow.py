@@ -155,3 +155,14 @@ def test_trainer_checkpoints_carry_the_objective(tmp_path):
     engine2 = Engine(lambda e, b: None)
     with pytest.raises(ValueError, match="trained with diffusion='rflow'"):
         TrainingCheckpointer(tmp_path, _tiny_net(), save_every=1, resume=True).attach(engine2)
+
+
+def test_rflow_weights_are_not_exported_to_the_reference_layout(tmp_path):
+    from wdm_bundle.networks import build_reference_network
+    from wdm_bundle.networks.reference_checkpoint import export_checkpoint_file
+
+    net = build_reference_network("cwdm_unet")
+    atomic_save({"model": net.state_dict(), "ema": net.state_dict(), "diffusion": "rflow"}, tmp_path / "model.pt")
+    with pytest.raises(ValueError, match="x0-predicting DDPM models only"):
+        export_checkpoint_file(tmp_path / "model.pt", tmp_path / "out.pt")
+    assert not (tmp_path / "out.pt").exists()

@@ -336,6 +336,9 @@ def export_checkpoint_file(
         _get_config(config)
     src, dst = _check_paths(src, dst, overwrite)
     ckpt = torch.load(src, map_location="cpu", weights_only=True)
+    if isinstance(ckpt, Mapping) and ckpt.get("diffusion", "ddpm") != "ddpm":
+        raise ValueError(f"'{src}' was trained with diffusion='{ckpt['diffusion']}'; the reference code samples "
+                         "x0-predicting DDPM models only, so it would misread these weights.")
     if isinstance(ckpt, Mapping) and ("model" in ckpt or "ema" in ckpt):
         if key not in ckpt:
             raise KeyError(f"'{src}' has no '{key}' weights; it holds {sorted(ckpt)}. Pass --key model or --key ema.")
