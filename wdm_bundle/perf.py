@@ -245,14 +245,20 @@ def training_step(net, size: int, device: str | torch.device = "cpu", batch: int
     return out
 
 
-def training_step_memory(net, size: int, device: str | torch.device = "cpu", batch: int = 1) -> int:
-    """Peak bytes of one training iteration, with the Adam state already allocated (as from the second iteration on)."""
+def training_step_memory(net, size: int, device: str | torch.device = "cpu", batch: int = 1,
+                         breakdown: bool = False) -> int | dict:
+    """Peak bytes of one training iteration, with the Adam state already allocated (as from the second iteration on).
+
+    With ``breakdown``: ``{"total": bytes, "static": bytes of weights, gradients and Adam state}``.
+    """
     torch.manual_seed(0)
     step, opt = _train_parts(net, device, batch, size)
     for p in net.parameters():  # an Adam step on zero gradients allocates its state and changes no weight
         p.grad = torch.zeros_like(p)
     opt.step()
-    return _static_bytes(net, opt) + peak_memory(step, device)
+    static = _static_bytes(net, opt)
+    total = static + peak_memory(step, device)
+    return {"total": total, "static": static} if breakdown else total
 
 
 def sampling_time(net, size: int, sampler: str, steps: int | None, device: str | torch.device = "cpu",
