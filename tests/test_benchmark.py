@@ -19,7 +19,7 @@ SECTIONS = ["## Targets", "## Wavelet transform", "## Training step", "## Sampli
 def test_quick_benchmark_writes_report(repo_root, demo_data, tmp_path):
     out = tmp_path / "bench"
     cmd = [sys.executable, str(repo_root / "scripts" / "benchmark.py"), "--quick", "--output_dir", str(out),
-           "--demo_data", str(demo_data), "--work_dir", str(tmp_path / "work")]
+           "--demo_data", str(demo_data), "--work_dir", str(tmp_path / "work"), "--threads", "1"]  # tiny sizes
     run = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
 
