@@ -52,7 +52,7 @@ class VolumeGenerator:
     Args:
         network: wavelet diffusion network (EMA weights already loaded).
         inferer: `WaveletDiffusionInferer` (defines the data range).
-        scheduler: the sampling scheduler (DDPM with T steps or DDIM with any).
+        scheduler: the sampling scheduler (DDPM with T steps, DDIM or RFlow with any number).
         image_shape: (C, D, H, W) of a generated image.
         spacing: voxel size in mm for the written affine.
         amp: run the network under autocast (the scheduler, clamp and wavelet transforms stay float32).
