@@ -262,7 +262,7 @@ def training_step_memory(net, size: int, device: str | torch.device = "cpu", bat
 
 
 def sampling_time(net, size: int, sampler: str, steps: int | None, device: str | torch.device = "cpu",
-                  repeats: int = 3, num_train_timesteps: int = 1000) -> float:
+                  repeats: int = 3, num_train_timesteps: int = 1000, warmup: int = 1) -> float:
     """Median seconds to sample one (1, size^3) volume with ``sampler`` and ``steps`` (net in eval mode)."""
     from wdm_bundle.diffusion import WaveletDiffusionInferer, make_scheduler
 
@@ -271,7 +271,7 @@ def sampling_time(net, size: int, sampler: str, steps: int | None, device: str |
     inferer = WaveletDiffusionInferer(scheduler)
     noise = torch.randn(1, *net.wavelet.coefficient_shape((1, size, size, size)),
                         generator=torch.Generator().manual_seed(0)).to(device)
-    return median_time(lambda: inferer.sample(noise, net, verbose=False), repeats, 1, device)["median"]
+    return median_time(lambda: inferer.sample(noise, net, verbose=False), repeats, warmup, device)["median"]
 
 
 def denoising_step_memory(net, size: int, device: str | torch.device = "cpu", amp_dtype: torch.dtype | None = None,
