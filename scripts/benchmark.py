@@ -335,7 +335,7 @@ def write_markdown(results: dict, path: Path, png_name: str | None) -> None:
         r0 = results["sampling"][0]
         L += [f"## Sampling time per volume ({r0['size']}³ images, U-Net {r0['net']} "
               f"{perf.NETWORKS[r0['net']]['channels']}, batch 1)", "",
-              "DDPM: median of 3 runs without a separate warm-up; the others as above.", "",
+              f"DDPM: median of {min(3, cfg['repeats'])} runs without a separate warm-up; the others as above.", "",
               "| sampler | network calls | time per sample | speed-up vs " + r0["sampler"] + " |", "|---|---|---|---|"]
         L += [f"| {r['sampler']} | {r['steps']} | {_s(r['time'])} | {ref / r['time']:.1f}× |" for r in results["sampling"]]
         L.append("")
