@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import platform
 import statistics
@@ -51,9 +52,11 @@ def peak_memory(fn: Callable[[], Any], device: str | torch.device = "cpu") -> in
     its CPU allocator (and ``tracemalloc`` does not see it), so every allocation and free inside
     ``fn`` is recorded with ``torch.profiler`` (``profile_memory=True``) and the running total's
     maximum is returned. Both count tensors only (not the Python heap or library workspaces
-    outside torch's allocator) and are deterministic for deterministic code, unlike the process RSS.
+    outside torch's allocator) and repeat to within a few hundred kB (one-time allocations of
+    the first calls in a process), unlike the process RSS.
     """
     device = torch.device(device)
+    gc.collect()  # garbage of earlier work must not be freed (uncounted) inside the measurement
     if device.type == "cuda":
         sync(device)
         torch.cuda.reset_peak_memory_stats(device)
