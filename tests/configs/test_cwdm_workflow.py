@@ -5,51 +5,43 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from monai.bundle import ConfigWorkflow
 
 from wdm_bundle.data.pseudo_validation import make_pseudo_validation
 from wdm_bundle.metrics.synthesis_report import compare_synthesis
+from workflow_helpers import run_workflow as _run
 
 pytestmark = pytest.mark.slow
 
 
-def _run(repo_root, configs, workflow_type, **override):
-    wf = ConfigWorkflow(
-        config_file=[str(repo_root / "configs" / c) for c in configs],
-        meta_file=str(repo_root / "configs" / "metadata.json"),
-        logging_file=str(repo_root / "configs" / "logging.conf"),
-        workflow_type=workflow_type,
-        **override,
-    )
-    wf.initialize()
-    wf.run()
-    wf.finalize()
-    return wf
-
-
 @pytest.fixture(scope="module")
-def demo40(tmp_path_factory):
-    """The README's default demo set (40 cases at 32^3: 32 training, 8 test), as in docs/cwdm.md."""
+def demo224(tmp_path_factory):
+    """The docs/cwdm.md demo set: 224 cases at 32^3, 200 for training and 24 held out."""
     from wdm_bundle.data.demo import make_demo_dataset
 
-    out = tmp_path_factory.mktemp("demo40")
-    make_demo_dataset(str(out), num_cases=40, size=32, num_test=8, seed=0, progress=False)
+    out = tmp_path_factory.mktemp("demo224")
+    make_demo_dataset(str(out), num_cases=224, size=32, num_test=24, seed=0, progress=False)
     return out
 
 
-def test_unified_model_learns_synthesis(repo_root, demo40, tmp_path):
-    """1,000 CPU iterations: the unified model beats the mean-training-target baseline on held-out cases.
+#: Margins over the best baseline. docs/cwdm.md (same run): 0.825 / 21.81 dB against the oracle's 0.615 / 21.00 dB.
+SSIM_MARGIN, PSNR_MARGIN = 0.05, 0.3
 
-    The oracle histogram-matching baseline is reported (docs/cwdm.md) but not yet beaten on PSNR.
+
+def test_unified_model_beats_baselines(repo_root, demo224, tmp_path):
+    """4,500 CPU iterations (~20 min): on 24 held-out cases the unified model beats all three baselines.
+
+    The baselines: the oracle (the input most correlated with the ground truth, histogram-matched
+    to it), its deployable form (source and histogram from the training cases only) and the mean
+    training target. Mean SSIM and PSNR over the cases, each with a margin.
     """
     root = tmp_path / "bundle"
     _run(repo_root, ["train.json", "train_cwdm.json", "demo_cwdm.json"], "train", bundle_root=str(root),
-         dataset_dir=str(demo40), num_iterations=1000, save_every=1000, preview_every=0, log_every=100)
+         dataset_dir=str(demo224), num_iterations=4500, save_every=1500, preview_every=0, log_every=500)
     assert (root / "models" / "unified" / "model.pt").exists()
 
     val, gt = tmp_path / "val", tmp_path / "gt"
-    missing = make_pseudo_validation(demo40, val, gt, seed=0, datalist=demo40 / "datalist.json", split="test")
-    assert len(missing) == 8
+    missing = make_pseudo_validation(demo224, val, gt, seed=0, datalist=demo224 / "datalist.json", split="test")
+    assert len(missing) == 24 and set(missing.values()) == {"t1n", "t1c", "t2w", "t2f"}
 
     out = tmp_path / "synthesis"
     _run(repo_root, ["inference_cwdm.json", "demo_cwdm.json"], "infer", bundle_root=str(root), input_dir=str(val),
@@ -59,12 +51,15 @@ def test_unified_model_learns_synthesis(repo_root, demo40, tmp_path):
         ref = nib.load(next((val / case).glob("*.nii.gz")))
         assert pred.shape == ref.shape and np.allclose(pred.affine, ref.affine)
 
-    summary = compare_synthesis(val, gt, out, demo40 / "datalist.json", output_dir=tmp_path / "report")
+    summary = compare_synthesis(val, gt, out, demo224 / "datalist.json", output_dir=tmp_path / "report")
     assert not summary["failures"]
     means = {m: {k: summary["methods"][m]["all"][k]["mean"] for k in ("ssim", "psnr")} for m in summary["methods"]}
     print(json.dumps(means, indent=1))
-    assert means["prediction"]["ssim"] > means["mean_target"]["ssim"] + 0.03, means
-    assert means["prediction"]["psnr"] > means["mean_target"]["psnr"] + 0.5, means
+    baselines = ["best_correlated", "train_hist_match", "mean_target"]
+    assert set(baselines) < set(means), means
+    for b in baselines:
+        assert means["prediction"]["ssim"] > means[b]["ssim"] + SSIM_MARGIN, (b, means)
+        assert means["prediction"]["psnr"] > means[b]["psnr"] + PSNR_MARGIN, (b, means)
 
 
 def _paired_ct_mr(root, n=10, size=16, seed=0):
