@@ -6,8 +6,9 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "tests"):  # tests/workflow_helpers.py is imported by the workflow tests
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

@@ -3,29 +3,10 @@
 import nibabel as nib
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
+from workflow_helpers import error_messages as _messages
+from workflow_helpers import workflow as _workflow
 
 pytestmark = pytest.mark.slow
-
-
-def _workflow(repo_root, configs, workflow_type, **override):
-    wf = ConfigWorkflow(
-        config_file=[str(repo_root / "configs" / c) for c in configs],
-        meta_file=str(repo_root / "configs" / "metadata.json"),
-        logging_file=str(repo_root / "configs" / "logging.conf"),
-        workflow_type=workflow_type,
-        **override,
-    )
-    wf.initialize()
-    return wf
-
-
-def _messages(exc):
-    out = []
-    while exc is not None:
-        out.append(str(exc))
-        exc = exc.__cause__ or exc.__context__
-    return "\n".join(out)
 
 
 def test_rflow_train_and_sample(repo_root, demo_data, tmp_path):

@@ -8,34 +8,13 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Events
-from monai.bundle import ConfigWorkflow
 from scipy.stats import wasserstein_distance
 
 from wdm_bundle.engines import centered_affine, list_checkpoints
+from workflow_helpers import error_messages as _messages
+from workflow_helpers import workflow as _workflow
 
 pytestmark = pytest.mark.slow
-
-
-def _workflow(repo_root, configs, workflow_type, **override):
-    files = [str(repo_root / "configs" / c) for c in configs]
-    wf = ConfigWorkflow(
-        config_file=files,
-        meta_file=str(repo_root / "configs" / "metadata.json"),
-        logging_file=str(repo_root / "configs" / "logging.conf"),
-        workflow_type=workflow_type,
-        **override,
-    )
-    wf.initialize()
-    return wf
-
-
-def _messages(exc):
-    """All messages of an exception chain (MONAI wraps errors raised while instantiating components)."""
-    out = []
-    while exc is not None:
-        out.append(str(exc))
-        exc = exc.__cause__ or exc.__context__
-    return "\n".join(out)
 
 
 def _train(repo_root, root, demo_data, num_iterations, **override):

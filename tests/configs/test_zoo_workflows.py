@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
+from workflow_helpers import run_workflow
 
 pytestmark = pytest.mark.slow
 
@@ -17,19 +17,7 @@ SAMPLING = {"sampler": "ddim", "num_inference_steps": 2, "progress": False, "sav
 
 
 def _run(repo_root, configs, workflow_type, **override):
-    wf = ConfigWorkflow(
-        config_file=[str(repo_root / "configs" / c) for c in configs],
-        meta_file=str(repo_root / "configs" / "metadata.json"),
-        logging_file=str(repo_root / "configs" / "logging.conf"),
-        workflow_type=workflow_type,
-        **override,
-    )
-    wf.initialize()
-    assert wf.check_properties() == []
-    wf.run()
-    wf.finalize()
-    return wf
-
+    return run_workflow(repo_root, configs, workflow_type, check_properties=True, **override)
 
 def _train_override(root, demo_data):
     return dict(bundle_root=str(root), dataset_dir=str(demo_data), datalist=str(demo_data / "datalist.json"),
