@@ -3,6 +3,7 @@
 Checks structure only, never timings (the CI machine is shared and timings are noise).
 """
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -47,3 +48,33 @@ def test_quick_benchmark_writes_report(repo_root, demo_data, tmp_path):
     png = Image.open(out / "images" / "performance.png")
     assert png.size[0] > 1000 and png.size[1] > 300
     assert (tmp_path / "work" / "train_rflow" / "models" / "model.pt").exists()
+    assert "## Consistency with the previous run" not in md
+
+    # a rerun into the same folder compares itself with the run it replaces
+    rerun = subprocess.run(cmd + ["--sections", "wavelet"], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    md2 = (out / "performance.md").read_text()
+    section = md2[md2.index("## Consistency with the previous run"):md2.index("## Reproduce")]
+    assert data["date"] in section and "| dwt 32³ |" in section and "Times: 16 quantities" in section
+    assert json.loads((out / "performance.json").read_text())["previous"]["date"] == data["date"]
+
+
+def _benchmark_module(repo_root):
+    spec = importlib.util.spec_from_file_location("wdm_benchmark_script", repo_root / "scripts" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quality_target_counts_only_worse_results(repo_root):
+    bench = _benchmark_module(repo_root)
+    ref = {"sampler": "DDPM-1000", "mean_image_rmse": 0.2, "histogram_w1": 0.1, "ms_ssim_fake": 0.8, "fid": None}
+    better = {**ref, "sampler": "DDIM-50", "mean_image_rmse": 0.1, "histogram_w1": 0.05, "ms_ssim_fake": 0.84}
+    devs = bench.quality_deviations(better, ref)
+    assert devs["mean_image_rmse"] == 0 and devs["histogram_w1"] == 0 and abs(devs["ms_ssim_fake"] - 0.05) < 1e-9
+    assert "fid" not in devs
+    worse = {**ref, "sampler": "RFlow-30", "histogram_w1": 0.115, "ms_ssim_fake": 0.68}
+    devs = bench.quality_deviations(worse, ref)
+    assert abs(devs["histogram_w1"] - 0.15) < 1e-9 and abs(devs["ms_ssim_fake"] - 0.15) < 1e-9
+    rows = bench.targets({"quality": {"rows": [ref, better, worse]}})
+    assert [(ok, m) for _, m, ok in rows] == [(True, "worst: MS-SSIM 5% apart"), (False, "worst: MS-SSIM 15% apart")]

@@ -182,8 +182,13 @@ def _conv_idwt(y: torch.Tensor) -> torch.Tensor:
 
 
 def wavelet_speed(size: int, device: str | torch.device = "cpu", repeats: int = 5) -> dict:
-    """Median seconds of DWT, IDWT (ours and the conv3d variant), PyWavelets and a plain copy of a (1, 1, size^3) float32 volume."""
-    from wdm_bundle.wavelets import dwt3d, idwt3d
+    """Median seconds of a (1, 1, size^3) float32 volume's DWT and IDWT and of their alternatives.
+
+    ``dwt``/``idwt``: what `dwt3d`/`idwt3d` run by default (the C kernel on CPU when it builds,
+    ``native`` says which); ``torch_dwt``/``torch_idwt``: the PyTorch path; ``conv_*``: stride-2
+    conv3d / conv_transpose3d; ``pywt_*``: PyWavelets; ``copy``: ``x.clone()``.
+    """
+    from wdm_bundle.wavelets import dwt3d, idwt3d, native
 
     x = torch.randn(1, 1, size, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     y = dwt3d(x)
@@ -192,10 +197,13 @@ def wavelet_speed(size: int, device: str | torch.device = "cpu", repeats: int = 
         "dwt": lambda: dwt3d(x),
         "idwt": lambda: idwt3d(y),
         "dwt_idwt": lambda: idwt3d(dwt3d(x)),
+        "torch_dwt": lambda: dwt3d(x, use_native=False),
+        "torch_idwt": lambda: idwt3d(y, use_native=False),
         "conv_dwt": lambda: _conv_dwt(x),
         "conv_idwt": lambda: _conv_idwt(y),
     }
     out = {name: median_time(fn, repeats, 1, device)["median"] for name, fn in timed.items()}
+    out["native"] = native.supports(x)
     try:
         import pywt
     except ImportError:

@@ -4,9 +4,9 @@ MONAI has no wavelet transform, so this is our own. Each of the 8 sub-band filte
 2x2x2 kernel with entries +-1/(2*sqrt(2)); together they form an orthonormal 8x8 matrix acting
 on the 8 voxels of each non-overlapping 2x2x2 block. The DWT gathers the blocks (one strided
 copy) and multiplies by that matrix; the IDWT multiplies by its transpose and scatters back.
-This is as fast as a stride-2 ``conv3d`` for the DWT and 2-3x faster than ``conv_transpose3d``
-for the IDWT on CPU (``scripts/benchmark.py``); it runs on any device and dtype and is
-differentiable.
+This PyTorch path runs on any device and dtype and is differentiable. CPU float32/float64
+tensors go through a one-pass C kernel instead (`wdm_bundle.wavelets.native`, same numbers,
+same gradients) when a C compiler is available; ``scripts/benchmark.py`` times both.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from wdm_bundle.wavelets import native
 from wdm_bundle.wavelets.constants import SUBBANDS
 
 __all__ = ["haar_filters", "dwt3d", "idwt3d", "pad_to_multiple", "crop_padding"]
@@ -48,11 +49,36 @@ def _check_input(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} expects a 5D tensor (B, C, D, H, W), got shape {tuple(x.shape)}.")
 
 
-def dwt3d(x: torch.Tensor) -> torch.Tensor:
+class _NativeDWT(torch.autograd.Function):
+    """`dwt3d` through the C kernel; the gradient of an orthonormal transform is its inverse."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return native.dwt3d_native(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return idwt3d(grad)
+
+
+class _NativeIDWT(torch.autograd.Function):
+    """`idwt3d` through the C kernel."""
+
+    @staticmethod
+    def forward(ctx, coeffs: torch.Tensor) -> torch.Tensor:
+        return native.idwt3d_native(coeffs)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return dwt3d(grad)
+
+
+def dwt3d(x: torch.Tensor, use_native: bool = True) -> torch.Tensor:
     """One-level orthonormal 3D Haar DWT.
 
     Args:
         x: (B, C, D, H, W) with D, H, W even.
+        use_native: use the C kernel for CPU float32/float64 input when it is available.
 
     Returns:
         (B, 8*C, D/2, H/2, W/2); channel ``8*c + k`` is sub-band ``SUBBANDS[k]`` of input channel c.
@@ -68,18 +94,22 @@ def dwt3d(x: torch.Tensor) -> torch.Tensor:
             f"dwt3d needs even spatial sizes, got {tuple(spatial)}; pad first, e.g. with "
             "wdm_bundle.wavelets.pad_to_multiple(x, 2)."
         )
+    if use_native and native.supports(x):
+        return _NativeDWT.apply(x)
     d, h, w = (n // 2 for n in spatial)
     blocks = x.reshape(b * c, d, 2, h, 2, w, 2).permute(0, 2, 4, 6, 1, 3, 5).reshape(b * c, 8, d * h * w)
     y = torch.matmul(_matrix(x), blocks)
     return y.reshape(b, 8 * c, d, h, w)
 
 
-def idwt3d(coeffs: torch.Tensor) -> torch.Tensor:
-    """Inverse of `dwt3d`: (B, 8*C, d, h, w) -> (B, C, 2d, 2h, 2w)."""
+def idwt3d(coeffs: torch.Tensor, use_native: bool = True) -> torch.Tensor:
+    """Inverse of `dwt3d`: (B, 8*C, d, h, w) -> (B, C, 2d, 2h, 2w); ``use_native`` as in `dwt3d`."""
     _check_input(coeffs, "idwt3d")
     b, c8, *spatial = coeffs.shape
     if c8 % 8:
         raise ValueError(f"idwt3d needs a multiple of 8 channels (8 sub-bands per image channel), got {c8}.")
+    if use_native and native.supports(coeffs):
+        return _NativeIDWT.apply(coeffs)
     d, h, w = spatial
     blocks = torch.matmul(_matrix(coeffs).T, coeffs.reshape(b * c8 // 8, 8, d * h * w))
     y = blocks.reshape(b * c8 // 8, 2, 2, 2, d, h, w).permute(0, 4, 1, 5, 2, 6, 3)

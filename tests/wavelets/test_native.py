@@ -1,0 +1,115 @@
+"""The one-pass C kernel of the Haar DWT/IDWT: same numbers and gradients as PyWavelets and the PyTorch path."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import pywt
+import torch
+
+from wdm_bundle.wavelets import PYWT_KEYS, dwt3d, idwt3d, native
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler: the kernel cannot be built")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 1, 2, 2, 2), (2, 3, 8, 6, 4), (1, 2, 6, 10, 14)])
+def test_native_equals_pywavelets_and_torch_path(shape, dtype):
+    x = torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    y = native.dwt3d_native(x)
+    torch.testing.assert_close(y, dwt3d(x, use_native=False), rtol=0, atol=tol)
+    ref = pywt.dwtn(x[-1, -1].double().numpy(), "haar")
+    for k, key in enumerate(PYWT_KEYS):
+        np.testing.assert_allclose(y[-1, 8 * (shape[1] - 1) + k].double().numpy(), ref[key], rtol=0, atol=tol)
+    back = native.idwt3d_native(y)
+    torch.testing.assert_close(back, idwt3d(y, use_native=False), rtol=0, atol=tol)
+    torch.testing.assert_close(back, x, rtol=0, atol=tol)
+
+
+def test_default_path_is_native_on_cpu_float():
+    x = torch.randn(1, 1, 4, 4, 4)
+    assert native.supports(x) and native.supports(x.double())
+    assert not native.supports(x.half()) and not native.supports(x.to(torch.bfloat16))
+    assert type(dwt3d(x.requires_grad_()).grad_fn).__name__.startswith("_NativeDWT")
+    # other dtypes take the PyTorch path and still agree
+    xb = torch.randn(1, 2, 4, 6, 8).to(torch.bfloat16)
+    torch.testing.assert_close(dwt3d(xb).float(), dwt3d(xb.float()), rtol=0.02, atol=0.02)
+
+
+def test_non_contiguous_input():
+    base = torch.randn(1, 8, 12, 10, 6, generator=torch.Generator().manual_seed(2))
+    x = base.permute(0, 1, 4, 3, 2)[:, ::2]  # (1, 4, 6, 10, 12), neither contiguous nor dense
+    assert not x.is_contiguous()
+    torch.testing.assert_close(dwt3d(x), dwt3d(x.contiguous(), use_native=False), rtol=0, atol=1e-5)
+    y = dwt3d(x.contiguous()).transpose(3, 4)
+    torch.testing.assert_close(idwt3d(y), idwt3d(y.contiguous(), use_native=False), rtol=0, atol=1e-5)
+
+
+def test_threads_split_the_work_without_changing_it():
+    x = torch.randn(2, 1, 64, 64, 48, generator=torch.Generator().manual_seed(3))  # above the one-thread limit
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one_y, one_x = native.dwt3d_native(x), native.idwt3d_native(dwt3d(x, use_native=False))
+        torch.set_num_threads(3)  # uneven split of 2 * 32 slabs
+        torch.testing.assert_close(native.dwt3d_native(x), one_y, rtol=0, atol=0)
+        torch.testing.assert_close(native.idwt3d_native(dwt3d(x, use_native=False)), one_x, rtol=0, atol=0)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_gradients_first_and_second_order():
+    x = torch.randn(1, 2, 4, 2, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(dwt3d, (x,)) and torch.autograd.gradgradcheck(dwt3d, (x,))
+    c = torch.randn(1, 8, 2, 3, 1, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(idwt3d, (c,)) and torch.autograd.gradgradcheck(idwt3d, (c,))
+    # same gradient as the PyTorch path for a non-linear loss
+    x32 = torch.randn(1, 1, 8, 8, 8, requires_grad=True)
+    g_native, = torch.autograd.grad(dwt3d(x32).pow(3).sum(), x32)
+    g_torch, = torch.autograd.grad(dwt3d(x32, use_native=False).pow(3).sum(), x32)
+    torch.testing.assert_close(g_native, g_torch, rtol=1e-5, atol=1e-5)
+
+
+def _probe(tmp_path, **env):
+    code = ("import torch; from wdm_bundle.wavelets import native, dwt3d; x = torch.randn(1, 1, 4, 4, 4); "
+            "print(native.available(), float((dwt3d(x) - dwt3d(x, use_native=False)).abs().max()))")
+    full = {**os.environ, "WDM_BUNDLE_CACHE": str(tmp_path / "cache"), **env}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=300)
+    assert run.returncode == 0, run.stderr
+    ok, diff = run.stdout.split()
+    return ok == "True", float(diff), run.stderr
+
+
+def test_fresh_cache_builds_and_fallbacks_still_work(tmp_path):
+    ok, diff, _ = _probe(tmp_path)
+    assert ok and diff < 1e-6 and list((tmp_path / "cache").glob("haar_kernel_*.so"))
+    ok, diff, _ = _probe(tmp_path / "off", WDM_BUNDLE_NATIVE_HAAR="0")  # switched off: PyTorch path
+    assert not ok and diff == 0.0 and not (tmp_path / "off" / "cache").exists()
+    ok, diff, err = _probe(tmp_path / "broken", CC="/bin/false")  # a compiler that fails: warn, PyTorch path
+    assert not ok and diff == 0.0 and "could not build the native Haar kernel" in err
+
+
+def _dwt_in_child(x):
+    y = native.dwt3d_native(x).numpy()  # numpy: a tensor result would go through torch's shared-memory pickling
+    return y, torch.get_num_threads(), native._state["pool_key"][1] == os.getpid()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
+def test_works_in_a_forked_child():
+    """A DataLoader-like fork of a process whose thread pool exists but has no threads in the child."""
+    import multiprocessing as mp
+
+    x = torch.randn(1, 1, 64, 64, 64)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        native.dwt3d_native(x)  # the parent's pool now exists
+        with mp.get_context("fork").Pool(1) as pool:
+            y, threads, own_pool = pool.apply_async(_dwt_in_child, (x,)).get(timeout=120)
+    finally:
+        torch.set_num_threads(before)
+    assert threads == 2 and own_pool  # the child split the work over a pool of its own
+    torch.testing.assert_close(torch.from_numpy(y), dwt3d(x, use_native=False), rtol=0, atol=1e-5)

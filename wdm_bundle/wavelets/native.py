@@ -1,0 +1,142 @@
+"""One-pass CPU kernels for the 3D Haar DWT/IDWT, compiled on first use.
+
+Why our own kernel: in eager PyTorch the transform needs a strided gather plus a matmul (about
+3 passes over memory); ``haar_kernel.c`` reads and writes each voxel once, like a copy
+(docs/performance.md). It is plain C (no torch headers), built with the system C compiler
+into a per-user cache (``$WDM_BUNDLE_CACHE`` or ``~/.cache/wdm_bundle``) and called through
+ctypes on the tensors' memory, split over ``torch.get_num_threads()`` Python threads (ctypes
+releases the GIL). When no compiler is found, the build fails, or ``WDM_BUNDLE_NATIVE_HAAR=0``,
+`available` returns False and `wdm_bundle.wavelets.functional` uses its PyTorch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+__all__ = ["available", "dwt3d_native", "idwt3d_native", "supports"]
+
+logger = logging.getLogger(__name__)
+
+_SOURCE = "haar_kernel.c"
+_FLAGS = ["-O3", "-fPIC", "-shared", "-std=c99"]
+_DTYPES = {torch.float32: "f32", torch.float64: "f64"}
+#: below this many voxels one thread is faster than handing work to a pool
+_PARALLEL_MIN_VOXELS = 1 << 18
+
+_lock = threading.Lock()
+_state: dict = {}
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("WDM_BUNDLE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "wdm_bundle")
+    return Path(root)
+
+
+def _build() -> ctypes.CDLL | None:
+    if os.environ.get("WDM_BUNDLE_NATIVE_HAAR", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    if not sys.platform.startswith(("linux", "darwin")):
+        return None
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not compiler:
+        logger.info("no C compiler found: the Haar DWT uses its PyTorch path (slower on CPU).")
+        return None
+    source = resources.files("wdm_bundle.wavelets").joinpath(_SOURCE).read_bytes()
+    key = hashlib.sha256(source + " ".join([compiler, *_FLAGS, sys.platform]).encode()).hexdigest()[:16]
+    lib = _cache_dir() / f"haar_kernel_{key}.so"
+    try:
+        if not lib.exists():
+            lib.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=lib.parent) as tmp:
+                src, out = Path(tmp) / _SOURCE, Path(tmp) / lib.name
+                src.write_bytes(source)
+                subprocess.run([compiler, *_FLAGS, str(src), "-o", str(out)], check=True, capture_output=True,
+                               timeout=120)
+                os.replace(out, lib)  # atomic: concurrent processes never load a half-written library
+        cdll = ctypes.CDLL(str(lib))
+    except (OSError, subprocess.SubprocessError) as e:
+        detail = getattr(e, "stderr", b"") or b""
+        logger.warning(f"could not build the native Haar kernel ({e}; {detail.decode(errors='replace')[:500]}); "
+                       "using the PyTorch path.")
+        return None
+    for suffix in _DTYPES.values():
+        for name in (f"haar_dwt3d_{suffix}", f"haar_idwt3d_{suffix}"):
+            fn = getattr(cdll, name)
+            fn.restype = None
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_long] * 5
+    return cdll
+
+
+def _lib() -> ctypes.CDLL | None:
+    if "lib" not in _state:
+        with _lock:
+            if "lib" not in _state:
+                _state["lib"] = _build()
+    return _state["lib"]
+
+
+def available() -> bool:
+    """True when the compiled kernel can be used in this process (built now if needed)."""
+    return _lib() is not None
+
+
+def supports(x: torch.Tensor) -> bool:
+    """Whether `x` can go through the native kernel: a CPU float32/float64 tensor, and the kernel builds."""
+    return x.device.type == "cpu" and x.dtype in _DTYPES and available()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    # a pool inherited through fork (e.g. by a DataLoader worker) has no threads: make a new one
+    key = (workers, os.getpid())
+    if _state.get("pool_key") != key:
+        with _lock:
+            if _state.get("pool_key") != key:
+                _state["pool"] = ThreadPoolExecutor(workers, thread_name_prefix="wdm-haar")
+                _state["pool_key"] = key
+    return _state["pool"]
+
+
+def _run(fn, src: torch.Tensor, dst: torch.Tensor, n: int, d: int, h: int, w: int) -> None:
+    slabs = n * d
+    workers = min(torch.get_num_threads(), slabs)
+    args = (src.data_ptr(), dst.data_ptr(), d, h, w)
+    if workers <= 1 or src.numel() < _PARALLEL_MIN_VOXELS:
+        fn(*args, 0, slabs)
+        return
+    bounds = [slabs * k // workers for k in range(workers + 1)]
+    jobs = [_pool(workers).submit(fn, *args, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+    for job in jobs:
+        job.result()
+
+
+def dwt3d_native(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, D, H, W) CPU float tensor, even sizes -> (B, 8C, D/2, H/2, W/2); no autograd."""
+    b, c, D, H, W = x.shape
+    x = x.contiguous()
+    y = torch.empty((b, 8 * c, D // 2, H // 2, W // 2), dtype=x.dtype)
+    if x.numel():
+        _run(getattr(_lib(), f"haar_dwt3d_{_DTYPES[x.dtype]}"), x, y, b * c, D // 2, H // 2, W // 2)
+    return y
+
+
+def idwt3d_native(y: torch.Tensor) -> torch.Tensor:
+    """(B, 8C, d, h, w) CPU float tensor -> (B, C, 2d, 2h, 2w); no autograd."""
+    b, c8, d, h, w = y.shape
+    y = y.contiguous()
+    x = torch.empty((b, c8 // 8, 2 * d, 2 * h, 2 * w), dtype=y.dtype)
+    if y.numel():
+        _run(getattr(_lib(), f"haar_idwt3d_{_DTYPES[y.dtype]}"), y, x, b * c8 // 8, d, h, w)
+    return x
