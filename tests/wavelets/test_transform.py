@@ -115,3 +115,14 @@ def test_lll_scaling():
     torch.testing.assert_close(unscaled, dwt3d(x))
     with pytest.raises(ValueError, match="lll_scale"):
         HaarWavelet3D(0.0)
+
+
+@pytest.mark.parametrize("use_native", [True, False])
+def test_meta_tensor_input_gives_plain_coefficients(use_native):
+    """An image's affine does not describe its half-size coefficients: both paths return plain tensors."""
+    from monai.data import MetaTensor
+
+    x = MetaTensor(torch.randn(1, 1, 4, 6, 8), affine=torch.diag(torch.tensor([2.0, 2.0, 3.0, 1.0])))
+    y = dwt3d(x, use_native=use_native)
+    assert type(y) is torch.Tensor and type(idwt3d(y, use_native=use_native)) is torch.Tensor
+    torch.testing.assert_close(y, dwt3d(x.as_tensor(), use_native=False), rtol=0, atol=1e-6)

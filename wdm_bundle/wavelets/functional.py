@@ -44,9 +44,11 @@ def _matrix(x: torch.Tensor) -> torch.Tensor:
     return haar_filters(x.dtype, x.device).reshape(8, 8)
 
 
-def _check_input(x: torch.Tensor, name: str) -> None:
+def _check_input(x: torch.Tensor, name: str) -> torch.Tensor:
+    """The 5D input as a plain tensor: an image's MONAI metadata (affine, ...) does not apply to its coefficients."""
     if x.ndim != 5:
         raise ValueError(f"{name} expects a 5D tensor (B, C, D, H, W), got shape {tuple(x.shape)}.")
+    return x.as_subclass(torch.Tensor) if type(x) is not torch.Tensor else x
 
 
 class _NativeDWT(torch.autograd.Function):
@@ -81,12 +83,13 @@ def dwt3d(x: torch.Tensor, use_native: bool = True) -> torch.Tensor:
         use_native: use the C kernel for CPU float32/float64 input when it is available.
 
     Returns:
-        (B, 8*C, D/2, H/2, W/2); channel ``8*c + k`` is sub-band ``SUBBANDS[k]`` of input channel c.
+        (B, 8*C, D/2, H/2, W/2) plain tensor (also for a MONAI ``MetaTensor`` input); channel
+        ``8*c + k`` is sub-band ``SUBBANDS[k]`` of input channel c.
 
     Raises:
         ValueError: if x is not 5D or a spatial size is odd (see `pad_to_multiple`).
     """
-    _check_input(x, "dwt3d")
+    x = _check_input(x, "dwt3d")
     b, c, *spatial = x.shape
     odd = [s for s in spatial if s % 2]
     if odd:
@@ -104,7 +107,7 @@ def dwt3d(x: torch.Tensor, use_native: bool = True) -> torch.Tensor:
 
 def idwt3d(coeffs: torch.Tensor, use_native: bool = True) -> torch.Tensor:
     """Inverse of `dwt3d`: (B, 8*C, d, h, w) -> (B, C, 2d, 2h, 2w); ``use_native`` as in `dwt3d`."""
-    _check_input(coeffs, "idwt3d")
+    coeffs = _check_input(coeffs, "idwt3d")
     b, c8, *spatial = coeffs.shape
     if c8 % 8:
         raise ValueError(f"idwt3d needs a multiple of 8 channels (8 sub-bands per image channel), got {c8}.")
