@@ -381,8 +381,10 @@ def write_markdown(results: dict, path: Path, png_name: str | None) -> None:
                      f"{_s(r.get('torch_dwt'))} / {_s(r.get('torch_idwt'))} | {_s(r['conv_dwt'])} / {_s(r['conv_idwt'])} | "
                      f"{pw} | {sp} |")
         L += ["", "The copy (`x.clone()`) reads and writes the volume once: the memory-bandwidth floor of any "
-              "transform that does the same. At 128³ the volume (8 MB) fits in the CPU cache, so the copy is far "
-              "faster than at 256³ (64 MB) and the ratio says little.", ""]
+              "transform that does the same. Every call allocates its output, so on CPU all of these include the "
+              "page faults of fresh memory (most of a 256³ copy's time); DWT+IDWT allocate twice, the copy once. "
+              "At 128³ (8 MB, about a millisecond each) times vary several-fold between runs; the 256³ row is "
+              "the meaningful one.", ""]
     if results.get("training"):
         L += ["## Training step: WDM vs image-space 3D DDPM, same U-Net", "",
               "One iteration as in `train.json` (DWT on the device, noising, forward, MSE, backward, Adam), batch 1.", "",
@@ -447,7 +449,9 @@ def write_markdown(results: dict, path: Path, png_name: str | None) -> None:
         rows = rerun_rows(results, prev)
         L += ["## Consistency with the previous run", "",
               f"This run against `{prev['json_name']}` of {prev['date']} (`{prev['command']}`), same machine kind. "
-              "Changes are this run / previous − 1.", ""]
+              "Changes are this run / previous − 1. Quantities whose code changed between the two runs differ by "
+              "design (see the git log of `wdm_bundle/`); the rest show the run-to-run spread: memory and the "
+              "quality metrics are deterministic, times are not.", ""]
         for kind, title in (("time", "Times"), ("memory", "Peak memory"), ("quality", "Sample quality")):
             ch = [abs(v / p - 1) for _, p, v, k in rows if k == kind and p]
             if ch:
