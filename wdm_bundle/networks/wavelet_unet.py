@@ -9,6 +9,7 @@ from monai.networks.nets import DiffusionModelUNet
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
+from wdm_bundle.networks.fused_norm import use_fused_group_norm_silu
 from wdm_bundle.utils import as_bool
 from wdm_bundle.wavelets import HaarWavelet3D, ImageSpace
 
@@ -29,11 +30,14 @@ def apply_activation_checkpointing(backbone: nn.Module) -> int:
     checkpoint wrapper (``torch.utils.checkpoint``; MONAI's `DiffusionModelUNet` has no such
     option), so a training step keeps only each block's input (about one tensor per block
     instead of ~8); the cost is one more forward pass. Parameter names and ``state_dict`` keys
-    do not change. Returns the number of wrapped blocks.
+    do not change. MONAI's ResBlocks also get a fused GroupNorm+SiLU that stores only its input
+    (`wdm_bundle.networks.fused_norm`): the peak is inside a recomputed block. Returns the
+    number of wrapped blocks.
 
     Raises:
         ValueError: ``backbone`` has no block whose class name ends in one of ``_CHECKPOINTED``.
     """
+    use_fused_group_norm_silu(backbone)  # MONAI ResBlocks: GroupNorm+SiLU that stores only its input
     targets = []
     for name, module in backbone.named_modules():
         if name and type(module).__name__.endswith(_CHECKPOINTED) and not any(name.startswith(t + ".") for t in targets):
