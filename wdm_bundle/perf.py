@@ -186,14 +186,19 @@ def wavelet_speed(size: int, device: str | torch.device = "cpu", repeats: int = 
 
     ``dwt``/``idwt``: what `dwt3d`/`idwt3d` run by default (the C kernel on CPU when it builds,
     ``native`` says which); ``torch_dwt``/``torch_idwt``: the PyTorch path; ``conv_*``: stride-2
-    conv3d / conv_transpose3d; ``pywt_*``: PyWavelets; ``copy``: ``x.clone()``.
+    conv3d / conv_transpose3d; ``pywt_*``: PyWavelets; ``copy``: ``x.clone()``; ``fill``: writing
+    zeros into a fresh tensor (the cost of fresh memory alone). With the C kernel, also the
+    transforms into existing tensors (``dwt_into``/``idwt_into``) and their floor, ``copy_into``
+    (``buffer.copy_(x)``): no allocation, so no page faults.
     """
     from wdm_bundle.wavelets import dwt3d, idwt3d, native
 
     x = torch.randn(1, 1, size, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     y = dwt3d(x)
+    out: dict = {}
     timed = {
         "copy": lambda: x.clone(),
+        "fill": lambda: torch.empty_like(x).zero_(),
         "dwt": lambda: dwt3d(x),
         "idwt": lambda: idwt3d(y),
         "dwt_idwt": lambda: idwt3d(dwt3d(x)),
@@ -202,8 +207,12 @@ def wavelet_speed(size: int, device: str | torch.device = "cpu", repeats: int = 
         "conv_dwt": lambda: _conv_dwt(x),
         "conv_idwt": lambda: _conv_idwt(y),
     }
-    out = {name: median_time(fn, repeats, 1, device)["median"] for name, fn in timed.items()}
     out["native"] = native.supports(x)
+    if out["native"]:
+        x_buf, y_buf = torch.empty_like(x), torch.empty_like(y)
+        timed.update(copy_into=lambda: x_buf.copy_(x), dwt_into=lambda: native.dwt3d_native(x, out=y_buf),
+                     idwt_into=lambda: native.idwt3d_native(y, out=x_buf))
+    out.update({name: median_time(fn, repeats, 1, device)["median"] for name, fn in timed.items()})
     try:
         import pywt
     except ImportError:

@@ -48,6 +48,24 @@ def test_non_contiguous_input():
     torch.testing.assert_close(idwt3d(y), idwt3d(y.contiguous(), use_native=False), rtol=0, atol=1e-5)
 
 
+def test_write_into_existing_tensor():
+    x = torch.randn(2, 1, 6, 8, 4, generator=torch.Generator().manual_seed(4))
+    y_buf, x_buf = torch.full((2, 8, 3, 4, 2), float("nan")), torch.full_like(x, float("nan"))
+    y = native.dwt3d_native(x, out=y_buf)
+    assert y is y_buf
+    torch.testing.assert_close(y, dwt3d(x, use_native=False), rtol=0, atol=1e-6)
+    assert native.idwt3d_native(y, out=x_buf) is x_buf
+    torch.testing.assert_close(x_buf, x, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="shape"):
+        native.dwt3d_native(x, out=torch.empty(2, 8, 3, 4, 3))
+    with pytest.raises(ValueError, match="float64"):
+        native.dwt3d_native(x.double(), out=y_buf)
+    with pytest.raises(ValueError, match="non-contiguous"):
+        native.idwt3d_native(y, out=torch.empty(2, 1, 4, 8, 6).transpose(2, 4))
+    with pytest.raises(ValueError, match="in place"):
+        native.idwt3d_native(y, out=y.view(2, 1, 6, 8, 4))
+
+
 def test_threads_split_the_work_without_changing_it():
     x = torch.randn(2, 1, 64, 64, 48, generator=torch.Generator().manual_seed(3))  # above the one-thread limit
     before = torch.get_num_threads()

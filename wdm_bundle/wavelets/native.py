@@ -122,21 +122,38 @@ def _run(fn, src: torch.Tensor, dst: torch.Tensor, n: int, d: int, h: int, w: in
         job.result()
 
 
-def dwt3d_native(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, D, H, W) CPU float tensor, even sizes -> (B, 8C, D/2, H/2, W/2); no autograd."""
+def _output(out: torch.Tensor | None, shape: tuple, like: torch.Tensor) -> torch.Tensor:
+    if out is None:
+        return torch.empty(shape, dtype=like.dtype)
+    if tuple(out.shape) != tuple(shape) or out.dtype != like.dtype or out.device.type != "cpu" or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous CPU {like.dtype} tensor of shape {tuple(shape)}, got a "
+                         f"{'contiguous' if out.is_contiguous() else 'non-contiguous'} {out.device.type} {out.dtype} "
+                         f"tensor of shape {tuple(out.shape)}.")
+    start, end = like.data_ptr(), like.data_ptr() + like.numel() * like.element_size()
+    if out.numel() and out.data_ptr() < end and start < out.data_ptr() + out.numel() * out.element_size():
+        raise ValueError("out overlaps the input; the transform cannot run in place.")
+    return out
+
+
+def dwt3d_native(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, C, D, H, W) CPU float tensor, even sizes -> (B, 8C, D/2, H/2, W/2); no autograd.
+
+    ``out``: an existing contiguous tensor to write into (no allocation, so no page faults of
+    fresh memory; used by the benchmark to measure the kernel against ``copy_``).
+    """
     b, c, D, H, W = x.shape
     x = x.contiguous()
-    y = torch.empty((b, 8 * c, D // 2, H // 2, W // 2), dtype=x.dtype)
+    y = _output(out, (b, 8 * c, D // 2, H // 2, W // 2), x)
     if x.numel():
         _run(getattr(_lib(), f"haar_dwt3d_{_DTYPES[x.dtype]}"), x, y, b * c, D // 2, H // 2, W // 2)
     return y
 
 
-def idwt3d_native(y: torch.Tensor) -> torch.Tensor:
-    """(B, 8C, d, h, w) CPU float tensor -> (B, C, 2d, 2h, 2w); no autograd."""
+def idwt3d_native(y: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, 8C, d, h, w) CPU float tensor -> (B, C, 2d, 2h, 2w); no autograd; ``out`` as in `dwt3d_native`."""
     b, c8, d, h, w = y.shape
     y = y.contiguous()
-    x = torch.empty((b, c8 // 8, 2 * d, 2 * h, 2 * w), dtype=y.dtype)
+    x = _output(out, (b, c8 // 8, 2 * d, 2 * h, 2 * w), y)
     if y.numel():
         _run(getattr(_lib(), f"haar_idwt3d_{_DTYPES[y.dtype]}"), y, x, b * c8 // 8, d, h, w)
     return x
