@@ -19,6 +19,25 @@ def test_gradcheck_against_definition():
     torch.testing.assert_close(group_norm_silu(x, norm), F.silu(norm(x)))
 
 
+def test_half_precision_input_uses_float32_statistics():
+    """Under autocast a block input can be bfloat16/float16: same output and gradients as the unfused ops."""
+    norm = nn.GroupNorm(2, 4)
+    with torch.no_grad():
+        norm.weight.normal_(); norm.bias.normal_()
+    x = (torch.randn(2, 4, 6, 6, 6) + 50).to(torch.bfloat16).requires_grad_()  # bf16 statistics would be off
+    ref_x = x.detach().float().requires_grad_()
+    out, ref = group_norm_silu(x, norm), F.silu(norm(ref_x))
+    torch.testing.assert_close(out.float(), ref, rtol=0.02, atol=0.02)
+    g = torch.randn_like(ref)
+    wg, bg = torch.autograd.grad(ref, (norm.weight, norm.bias), g, retain_graph=True)
+    ref.backward(g)
+    dx, dw, db = torch.autograd.grad(out, (x, norm.weight, norm.bias), g.to(out.dtype))
+    assert dx.dtype == torch.bfloat16 and dw.dtype == torch.float32
+    torch.testing.assert_close(dx.float(), ref_x.grad, rtol=0.05, atol=0.05)
+    torch.testing.assert_close(dw, wg, rtol=0.02, atol=0.05)
+    torch.testing.assert_close(db, bg, rtol=0.02, atol=0.05)
+
+
 def test_resnet_blocks_match_monai_with_random_weights():
     """MONAI zero-initialises each ResBlock's conv2, which would hide the norm's backward: randomise all weights."""
     ref = build_network("demo")

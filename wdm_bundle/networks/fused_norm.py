@@ -20,8 +20,11 @@ __all__ = ["group_norm_silu", "MemoryEfficientResnetBlock", "use_fused_group_nor
 class _GroupNormSiLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, groups: int, eps: float):
-        b = x.shape[0]
-        var, mean = torch.var_mean(x.reshape(b, groups, -1), dim=2, unbiased=False)
+        # statistics in at least float32, one group at a time (no full-size copy of a half input)
+        acc = torch.promote_types(x.dtype, torch.float32)
+        grouped = x.reshape(x.shape[0], groups, -1)
+        stats = [torch.var_mean(grouped[:, g].to(acc), dim=1, unbiased=False) for g in range(groups)]
+        var, mean = (torch.stack(v, dim=1) for v in zip(*stats))
         ctx.save_for_backward(x, weight, bias, mean, torch.rsqrt(var + eps))
         ctx.groups = groups
         return F.silu(F.group_norm(x, groups, weight, bias, eps))
@@ -30,6 +33,7 @@ class _GroupNormSiLU(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight, bias, mean, rstd = ctx.saved_tensors
         groups, (b, c) = ctx.groups, x.shape[:2]
+        acc = mean.dtype
         per = c // groups
         spatial = (1,) * (x.ndim - 2)
         dx = torch.empty_like(x)
@@ -40,20 +44,21 @@ class _GroupNormSiLU(torch.autograd.Function):
         n = per * x[0, 0].numel()
         for g in range(groups):
             ch = slice(g * per, (g + 1) * per)
-            w, bb = weight[ch].reshape(1, per, *spatial), bias[ch].reshape(1, per, *spatial)
+            w = weight[ch].to(acc).reshape(1, per, *spatial)
+            bb = bias[ch].to(acc).reshape(1, per, *spatial)
             m, r = mean[:, g].reshape(b, 1, *spatial), rstd[:, g].reshape(b, 1, *spatial)
-            xhat = (x[:, ch] - m) * r
+            xhat = (x[:, ch].to(acc) - m) * r
             y = xhat * w + bb
             s = torch.sigmoid(y)
-            gy = grad[:, ch] * s * (1 + y * (1 - s))  # d silu(y) / dy
+            gy = grad[:, ch].to(acc) * s * (1 + y * (1 - s))  # d silu(y) / dy
             del y, s
-            dw[ch] = (gy * xhat).sum(not_channel)
-            db[ch] = gy.sum(not_channel)
+            dw[ch] = (gy * xhat).sum(not_channel).to(dw.dtype)
+            db[ch] = gy.sum(not_channel).to(db.dtype)
             dxhat = gy * w
             del gy
             mean_d = dxhat.sum(in_group, keepdim=True) / n
             mean_dx = (dxhat * xhat).sum(in_group, keepdim=True) / n
-            dx[:, ch] = r * (dxhat - mean_d - xhat * mean_dx)
+            dx[:, ch] = (r * (dxhat - mean_d - xhat * mean_dx)).to(dx.dtype)
         return dx, dw, db, None, None
 
 
