@@ -87,20 +87,17 @@ def run_training(cfg: dict, device: str) -> list[dict]:
 
 
 def run_sampling(cfg: dict, device: str) -> list[dict]:
-    T, size, rows = cfg["num_train_timesteps"], cfg["sampling_size"], []
-    net = perf.build_network(cfg["sampling_net"])
+    T, size = cfg["num_train_timesteps"], cfg["sampling_size"]
+    chosen: dict[str, tuple[str, int | None]] = {}
     for sampler, steps in SAMPLERS:
         steps = None if steps is None else min(steps, T)
-        label = _label(sampler, steps, T)
-        if label in (r["sampler"] for r in rows):
-            continue  # e.g. DDIM-100 with T = 50 in quick mode
-        logger.info(f"sampling time {label} at {size}^3")
-        # a 1000-step run warms itself up: no separate warm-up run, 3 repeats
-        ddpm = sampler == "ddpm"
-        seconds = perf.sampling_time(net, size, sampler, steps, device, repeats=min(3, cfg["repeats"]) if ddpm else
-                                     cfg["repeats"], num_train_timesteps=T, warmup=0 if ddpm else 1)
-        rows.append({"sampler": label, "steps": steps or T, "size": size, "net": cfg["sampling_net"], "time": seconds})
-    return rows
+        chosen.setdefault(_label(sampler, steps, T), (sampler, steps))  # e.g. no DDIM-100 when T = 50 (quick)
+    logger.info(f"sampling time at {size}^3, {', '.join(chosen)} taking turns")
+    net = perf.build_network(cfg["sampling_net"])
+    seconds = perf.sampling_times(net, size, list(chosen.values()), device, rounds=min(3, cfg["repeats"]),
+                                  num_train_timesteps=T)
+    return [{"sampler": label, "steps": steps or T, "size": size, "net": cfg["sampling_net"], "time": t}
+            for (label, (_, steps)), t in zip(chosen.items(), seconds)]
 
 
 def run_memory(cfg: dict, device: str, quick: bool) -> dict:
@@ -286,26 +283,39 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
         mem = big["wavelet_memory"] / big["image_memory"]
         out.append((f"WDM training step ≥4× faster than image-space DDPM ({big['size']}³)", f"{speed:.1f}×", speed >= 4))
         out.append((f"WDM training peak memory ≤0.4× image-space DDPM ({big['size']}³)", f"{mem:.2f}×", mem <= 0.4))
+    # the issue's target: DDIM-50 or RFlow-30, one sampler both >=20x faster and within 10% in quality
+    fast_names = ("DDIM-50", "RFlow-30")
     s = {r["sampler"]: r["time"] for r in results.get("sampling") or []}
-    ref = next((v for k, v in s.items() if k.startswith("DDPM")), None)
-    fast = [(ref / v, k) for k, v in s.items() if k in ("DDIM-50", "RFlow-30")] if ref else []
-    if fast:
-        best = max(fast)
-        ref_label = next(k for k in s if k.startswith("DDPM"))
-        out.append((f"DDIM-50 or RFlow-30 sampling ≥20× faster than {ref_label}", f"{best[1]}: {best[0]:.0f}×",
-                    best[0] >= 20))
+    ref_label = next((k for k in s if k.startswith("DDPM")), None)
+    speed_ok: dict[str, bool] = {}
+    for name in fast_names:
+        if ref_label and name in s:
+            speed = s[ref_label] / s[name]
+            speed_ok[name] = speed >= 20
+            out.append((f"{name} sampling ≥20× faster than {ref_label}", f"{speed:.1f}×", speed_ok[name]))
     q = (results.get("quality") or {}).get("rows") or []
+    quality_ok: dict[str, bool] = {}
     if q:
         ref_row = q[0]
         for r in q[1:]:
-            if r["sampler"] not in ("DDIM-50", "RFlow-30"):
+            if r["sampler"] not in fast_names:
                 continue
             devs = quality_deviations(r, ref_row)
             worst = max(devs, key=devs.get) if devs else None
             measured = (f"worst: {QUALITY_NAMES[worst]} {100 * devs[worst]:.0f}% "
                         f"{'worse' if worst in _LOWER_IS_BETTER else 'apart'}" if worst else "–")
+            if worst is not None:
+                quality_ok[r["sampler"]] = devs[worst] <= 0.10
             out.append((f"{r['sampler']} quality within 10% of {ref_row['sampler']} on every metric", measured,
-                        None if worst is None else devs[worst] <= 0.10))
+                        quality_ok.get(r["sampler"])))
+    both = [n for n in fast_names if n in speed_ok and n in quality_ok]
+    if both:
+        good = [n for n in both if speed_ok[n] and quality_ok[n]]
+        missed = "; ".join(f"{n} misses {' and '.join(w for w, ok in (('speed', speed_ok[n]), ('quality', quality_ok[n])) if not ok)}"
+                           for n in both if n not in good)
+        out.append(("DDIM-50 or RFlow-30: one sampler ≥20× faster and within 10% in quality",
+                    ", ".join(good) + (f" (the other: {missed})" if good and missed else "") if good else missed,
+                    bool(good)))
     m = (results.get("memory") or {}).get("training")
     if m and m["checkpointing"]:
         if m["plain"] is None:
@@ -418,7 +428,10 @@ def write_markdown(results: dict, path: Path, png_name: str | None) -> None:
         r0 = results["sampling"][0]
         L += [f"## Sampling time per volume ({r0['size']}³ images, U-Net {r0['net']} "
               f"{perf.NETWORKS[r0['net']]['channels']}, batch 1)", "",
-              f"DDPM: median of {min(3, cfg['repeats'])} runs without a separate warm-up; the others as above.", "",
+              f"The samplers take turns: {min(3, cfg['repeats'])} rounds, each sampling once with every sampler "
+              "(after one warm-up call of the cheapest), so a drift of the machine's speed affects all alike; "
+              "medians over the rounds. DDIM-50 makes 1/20 of DDPM-1000's network calls and the same work per "
+              "call, so its speed-up is about 20×, on the boundary of the ≥20× target.", "",
               "| sampler | network calls | time per sample | speed-up vs " + r0["sampler"] + " |", "|---|---|---|---|"]
         L += [f"| {r['sampler']} | {r['steps']} | {_s(r['time'])} | {ref / r['time']:.1f}× |" for r in results["sampling"]]
         L.append("")

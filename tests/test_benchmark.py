@@ -84,3 +84,21 @@ def test_quality_target_counts_only_worse_results(repo_root):
     assert abs(devs["histogram_w1"] - 0.15) < 1e-9 and abs(devs["ms_ssim_fake"] - 0.15) < 1e-9
     rows = bench.targets({"quality": {"rows": [ref, better, worse]}})
     assert [(ok, m) for _, m, ok in rows] == [(True, "worst: MS-SSIM 5% apart"), (False, "worst: MS-SSIM 15% apart")]
+
+
+def test_fast_sampler_target_needs_speed_and_quality_from_one_sampler(repo_root):
+    bench = _benchmark_module(repo_root)
+    ref = {"sampler": "DDPM-1000", "mean_image_rmse": 0.2, "histogram_w1": 0.1, "ms_ssim_fake": 0.8, "fid": None}
+    quality = {"rows": [ref, {**ref, "sampler": "DDIM-50"}, {**ref, "sampler": "RFlow-30", "histogram_w1": 0.2}]}
+    sampling = [{"sampler": "DDPM-1000", "time": 100.0}, {"sampler": "DDIM-50", "time": 5.3},
+                {"sampler": "RFlow-30", "time": 3.0}]
+    rows = {t: (m, ok) for t, m, ok in bench.targets({"sampling": sampling, "quality": quality})}
+    assert rows["DDIM-50 sampling ≥20× faster than DDPM-1000"] == ("18.9×", False)
+    assert rows["RFlow-30 sampling ≥20× faster than DDPM-1000"] == ("33.3×", True)
+    # the fast one is not good and the good one is not fast: not met
+    assert rows["DDIM-50 or RFlow-30: one sampler ≥20× faster and within 10% in quality"] == (
+        "DDIM-50 misses speed; RFlow-30 misses quality", False)
+    sampling[1]["time"] = 4.9
+    rows = {t: (m, ok) for t, m, ok in bench.targets({"sampling": sampling, "quality": quality})}
+    assert rows["DDIM-50 or RFlow-30: one sampler ≥20× faster and within 10% in quality"] == (
+        "DDIM-50 (the other: RFlow-30 misses quality)", True)

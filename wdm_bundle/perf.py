@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "peak_memory", "median_time", "machine_info", "sync", "NETWORKS", "build_network", "native_low_precision",
-    "wavelet_speed", "training_step", "sampling_time", "denoising_step_memory", "training_step_memory",
+    "wavelet_speed", "training_step", "sampling_times", "denoising_step_memory", "training_step_memory",
 ]
 
 
@@ -281,17 +281,31 @@ def training_step_memory(net, size: int, device: str | torch.device = "cpu", bat
     return {"total": total, "static": static} if breakdown else total
 
 
-def sampling_time(net, size: int, sampler: str, steps: int | None, device: str | torch.device = "cpu",
-                  repeats: int = 3, num_train_timesteps: int = 1000, warmup: int = 1) -> float:
-    """Median seconds to sample one (1, size^3) volume with ``sampler`` and ``steps`` (net in eval mode)."""
+def sampling_times(net, size: int, samplers: list[tuple[str, int | None]], device: str | torch.device = "cpu",
+                   rounds: int = 3, num_train_timesteps: int = 1000) -> list[float]:
+    """Median seconds to sample one (1, size^3) volume with each ``(sampler, steps)`` (net in eval mode).
+
+    The samplers take turns: each of ``rounds`` rounds samples once with every sampler, after one
+    warm-up call of the cheapest. A drift of the machine's speed during the minutes a DDPM-1000
+    run takes then affects all samplers alike, so their ratios stay fair.
+    """
     from wdm_bundle.diffusion import WaveletDiffusionInferer, make_scheduler
 
     net = net.to(device).eval()
-    scheduler = make_scheduler(sampler, steps, num_train_timesteps=num_train_timesteps)
-    inferer = WaveletDiffusionInferer(scheduler)
     noise = torch.randn(1, *net.wavelet.coefficient_shape((1, size, size, size)),
                         generator=torch.Generator().manual_seed(0)).to(device)
-    return median_time(lambda: inferer.sample(noise, net, verbose=False), repeats, warmup, device)["median"]
+    inferers = [WaveletDiffusionInferer(make_scheduler(sampler, steps, num_train_timesteps=num_train_timesteps))
+                for sampler, steps in samplers]
+    cheapest = min(inferers, key=lambda inf: len(inf.scheduler.timesteps))
+    cheapest.sample(noise, net, verbose=False)
+    times: list[list[float]] = [[] for _ in inferers]
+    for _ in range(rounds):
+        for inferer, record in zip(inferers, times):
+            start = time.perf_counter()
+            inferer.sample(noise, net, verbose=False)
+            sync(device)
+            record.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
 def denoising_step_memory(net, size: int, device: str | torch.device = "cpu", amp_dtype: torch.dtype | None = None,
