@@ -328,19 +328,27 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
 
 
 def key_numbers(results: dict) -> dict[str, tuple[float, str]]:
-    """{quantity: (value, kind)} of a run, kind "time" (s), "memory" (bytes) or "quality", for rerun comparisons."""
+    """{quantity: (value, kind)} of a run for rerun comparisons; kind "time" (s), "ratio" (of two times of
+    the same run, as the targets use them), "memory" (bytes) or "quality"."""
     out: dict[str, tuple[float, str]] = {}
     for r in results.get("wavelet") or []:
         for k in ("copy", "dwt", "idwt", "dwt_idwt", "torch_dwt", "torch_idwt", "pywt_dwt", "pywt_idwt", "fill",
                   "copy_into", "dwt_into", "idwt_into"):
             if r.get(k) is not None:
                 out[f"{k} {r['size']}³"] = (r[k], "time")
+        out[f"(DWT+IDWT) / copy {r['size']}³"] = (r["dwt_idwt"] / r["copy"], "ratio")
+        if r.get("pywt_dwt") is not None:
+            out[f"PyWavelets / ours {r['size']}³"] = ((r["pywt_dwt"] + r["pywt_idwt"]) / (r["dwt"] + r["idwt"]), "ratio")
     for r in results.get("training") or []:
         for space, name in (("wavelet", "WDM"), ("image", "DDPM")):
             out[f"{name} training step {r['size']}³"] = (r[f"{space}_time"], "time")
             out[f"{name} training memory {r['size']}³"] = (r[f"{space}_memory"], "memory")
-    for r in results.get("sampling") or []:
+        out[f"DDPM / WDM training step {r['size']}³"] = (r["image_time"] / r["wavelet_time"], "ratio")
+    sampling = results.get("sampling") or []
+    for r in sampling:
         out[f"{r['sampler']} sampling"] = (r["time"], "time")
+    for r in sampling[1:]:
+        out[f"{r['sampler']} speed-up vs {sampling[0]['sampler']}"] = (sampling[0]["time"] / r["time"], "ratio")
     m = results.get("memory") or {}
     for r in m.get("inference") or []:
         out[f"{'WDM' if r['space'] == 'wavelet' else 'DDPM'} denoising step memory {r['size']}³"] = (r["fp32"], "memory")
@@ -482,13 +490,15 @@ def write_markdown(results: dict, path: Path, png_name: str | None) -> None:
               f"This run against `{prev['json_name']}` of {prev['date']} (`{prev['command']}`), same machine kind. "
               "Changes are this run / previous − 1. Quantities whose code changed between the two runs differ by "
               "design (see the git log of `wdm_bundle/`); the rest show the run-to-run spread: memory and the "
-              "quality metrics are deterministic, times are not.", ""]
-        for kind, title in (("time", "Times"), ("memory", "Peak memory"), ("quality", "Sample quality")):
+              "quality metrics are deterministic, times are not. A shared or throttled machine changes all times "
+              "of a run together; the ratios within a run (what the targets compare) cancel most of that.", ""]
+        for kind, title in (("time", "Times"), ("ratio", "Ratios within a run"), ("memory", "Peak memory"),
+                            ("quality", "Sample quality")):
             ch = [abs(v / p - 1) for _, p, v, k in rows if k == kind and p]
             if ch:
                 L.append(f"- {title}: {len(ch)} quantities, median change {100 * float(np.median(ch)):.1f}%, "
                          f"largest {100 * max(ch):.1f}%.")
-        fmt = {"time": _s, "memory": _gb, "quality": lambda v: f"{v:.3f}"}
+        fmt = {"time": _s, "ratio": lambda v: f"{v:.2f}×", "memory": _gb, "quality": lambda v: f"{v:.3f}"}
         L += ["", "| quantity | previous | this run | change |", "|---|---|---|---|"]
         L += [f"| {q} | {fmt[k](p)} | {fmt[k](v)} | {100 * (v / p - 1):+.1f}% |" for q, p, v, k in rows if p]
         L.append("")
@@ -582,6 +592,7 @@ def benchmark(
     threads: int | None = None,
     overwrite: bool = True,
     previous: str | None = None,
+    report_from: str | None = None,
 ) -> str:
     """Run the benchmark and write ``performance.md``, ``images/performance.png`` and ``performance.json``.
 
@@ -591,6 +602,7 @@ def benchmark(
         python scripts/benchmark.py --quick --output_dir /tmp/bench  # harness check, about a minute
         python scripts/benchmark.py --sections wavelet,sampling      # some sections only
         python scripts/benchmark.py --ddpm_bundle runs/ddpm --rflow_bundle runs/rflow  # reuse trained demo models
+        python scripts/benchmark.py --report_from docs/performance.json  # rewrite the report, measure nothing
 
     Args:
         quick: tiny sizes and few repeats (checks the harness; the numbers mean nothing).
@@ -608,11 +620,15 @@ def benchmark(
         overwrite: replace an existing report in ``output_dir``.
         previous: ``performance.json`` of an earlier run to compare with (section "Consistency with
             the previous run"); default: the one being replaced in ``output_dir``, if any.
+        report_from: ``performance.json`` of a run: rewrite its Markdown, plot and targets with this
+            version of the script (into ``output_dir``, default the JSON's folder) without measuring.
 
     Returns:
         Path of the written Markdown file.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if report_from:
+        return _rewrite_report(Path(report_from), Path(output_dir) if output_dir else None)
     quick = as_bool(quick, "quick")
     if threads:
         torch.set_num_threads(int(threads))
@@ -625,7 +641,7 @@ def benchmark(
     if unknown:
         raise ValueError(f"unknown sections {unknown}; choose from wavelet, training, sampling, memory, quality.")
     out = Path(output_dir or (REPO / ("eval/benchmark_quick" if quick else "docs")))
-    md_path, json_path, png_path = out / "performance.md", out / "performance.json", out / "images" / "performance.png"
+    md_path, json_path = out / "performance.md", out / "performance.json"
     if md_path.exists() and not as_bool(overwrite, "overwrite"):
         raise FileExistsError(f"'{md_path}' exists; pass --overwrite true or another --output_dir.")
     command = "python scripts/benchmark.py" + " ".join(f" {a}" for a in sys.argv[1:]) if sys.argv[0].endswith(
@@ -658,13 +674,33 @@ def benchmark(
         if not work_dir:
             shutil.rmtree(scratch, ignore_errors=True)
     results["seconds"] = time.perf_counter() - start
+    _write_report(results, out)
+    logger.info(f"wrote {out / 'performance.md'}, its plot and JSON in {results['seconds'] / 60:.1f} min")
+    return str(md_path)
+
+
+def _write_report(results: dict, out: Path) -> None:
+    md_path, json_path, png_path = out / "performance.md", out / "performance.json", out / "images" / "performance.png"
     results["targets"] = [{"target": t, "measured": m, "met": ok} for t, m, ok in targets(results)]
     out.mkdir(parents=True, exist_ok=True)
     write_plot(results, png_path)
     atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2) + "\n"))
     write_markdown(results, md_path, str(png_path.relative_to(out)))
-    logger.info(f"wrote {md_path}, {png_path} and {json_path} in {results['seconds'] / 60:.1f} min")
-    return str(md_path)
+
+
+def _rewrite_report(json_path: Path, out: Path | None) -> str:
+    if not json_path.is_file():
+        raise FileNotFoundError(f"--report_from '{json_path}' is not a file.")
+    try:
+        results = json.loads(json_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--report_from '{json_path}' is not valid JSON: {e}") from e
+    if "machine" not in results or "date" not in results:
+        raise ValueError(f"--report_from '{json_path}' is not a performance.json written by this script.")
+    out = out or json_path.parent
+    _write_report(results, out)
+    logger.info(f"rewrote {out / 'performance.md'} from {json_path} (measured {results['date']})")
+    return str(out / "performance.md")
 
 
 if __name__ == "__main__":

@@ -62,7 +62,18 @@ def test_quick_benchmark_writes_report(repo_root, demo_data, tmp_path):
     md2 = (out / "performance.md").read_text()
     section = md2[md2.index("## Consistency with the previous run"):md2.index("## Reproduce")]
     assert data["date"] in section and "| dwt 32³ |" in section and "Times: 24 quantities" in section
+    assert "Ratios within a run: 4 quantities" in section and "| PyWavelets / ours 32³ |" in section
     assert json.loads((out / "performance.json").read_text())["previous"]["date"] == data["date"]
+
+    # the report can be rewritten from its JSON without measuring: same text
+    again = tmp_path / "again"
+    cmd = [sys.executable, str(repo_root / "scripts" / "benchmark.py"), "--report_from", str(out / "performance.json"),
+           "--output_dir", str(again)]
+    rewrite = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert rewrite.returncode == 0, rewrite.stderr[-3000:]
+    assert (again / "performance.md").read_text() == md2 and (again / "images" / "performance.png").is_file()
+    missing = subprocess.run(cmd[:3] + [str(tmp_path / "nope.json")], cwd=tmp_path, capture_output=True, text=True)
+    assert missing.returncode != 0 and "nope.json' is not a file" in missing.stderr
 
 
 def _benchmark_module(repo_root):
