@@ -39,7 +39,8 @@ def test_quick_benchmark_writes_report(repo_root, demo_data, tmp_path):
     assert all(r["dwt"] > 0 and r["pywt_dwt"] > 0 and r["copy"] > 0 for r in data["wavelet"])
     assert all(r["fill"] > 0 for r in data["wavelet"])
     if native.available():  # the kernel into existing tensors, against copy_
-        assert all(r["dwt_into"] > 0 and r["idwt_into"] > 0 and r["copy_into"] > 0 for r in data["wavelet"])
+        assert all(r["dwt_into"] > 0 and r["idwt_into"] > 0 and r["copy_into"] > 0 and r["copy_alloc"] > 0
+                   for r in data["wavelet"])
         assert "| 32³ |" in md[md.index("| copy_ into existing |"):]
     assert all(r["wavelet_memory"] < r["image_memory"] for r in data["training"])  # bytes are deterministic
     assert [r["sampler"] for r in data["sampling"]] == ["DDPM-50", "DDIM-50", "DDIM-10", "RFlow-30"]
@@ -61,8 +62,8 @@ def test_quick_benchmark_writes_report(repo_root, demo_data, tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     md2 = (out / "performance.md").read_text()
     section = md2[md2.index("## Consistency with the previous run"):md2.index("## Reproduce")]
-    assert data["date"] in section and "| dwt 32³ |" in section and "Times: 24 quantities" in section
-    assert "Ratios within a run: 4 quantities" in section and "| PyWavelets / ours 32³ |" in section
+    assert data["date"] in section and "| dwt 32³ |" in section and "Times: 26 quantities" in section
+    assert "Ratios within a run: 8 quantities" in section and "| PyWavelets / ours 32³ |" in section
     assert json.loads((out / "performance.json").read_text())["previous"]["date"] == data["date"]
 
     # the report can be rewritten from its JSON without measuring: same text
@@ -113,3 +114,20 @@ def test_fast_sampler_target_needs_speed_and_quality_from_one_sampler(repo_root)
     rows = {t: (m, ok) for t, m, ok in bench.targets({"sampling": sampling, "quality": quality})}
     assert rows["DDIM-50 or RFlow-30: one sampler ≥20× faster and within 10% in quality"] == (
         "DDIM-50 (the other: RFlow-30 misses quality)", True)
+
+
+def test_wavelet_target_states_every_reading_of_the_copy(repo_root):
+    bench = _benchmark_module(repo_root)
+    row = {"size": 256, "dwt_idwt": 0.027, "copy": 0.030, "copy_alloc": 0.009, "dwt_into": 0.008,
+           "idwt_into": 0.008, "copy_into": 0.007, "dwt": 0.014, "idwt": 0.013}
+    (target, measured, ok), = bench.targets({"wavelet": [dict(row, size=128), row]})
+    assert target == "DWT+IDWT at 256³ within 2× of a tensor copy"
+    assert measured == ("0.9× the copy (`clone`); 3.0× a copy into memory allocated like the outputs; "
+                        "into existing memory 2.3× a `copy_`") and ok
+    (_, measured, ok), = bench.targets({"wavelet": [dict(row, copy=0.014)]})
+    assert measured.startswith("1.9× the copy") and ok
+    (_, measured, ok), = bench.targets({"wavelet": [dict(row, copy=0.013)]})  # every reading above 2×
+    assert measured.startswith("2.1× the copy") and not ok
+    old = {k: v for k, v in row.items() if k != "copy_alloc"}  # a report saved before the row existed
+    (_, measured, ok), = bench.targets({"wavelet": [old]})
+    assert measured == "0.9× the copy (`clone`); into existing memory 2.3× a `copy_`" and ok

@@ -189,7 +189,8 @@ def wavelet_speed(size: int, device: str | torch.device = "cpu", repeats: int = 
     conv3d / conv_transpose3d; ``pywt_*``: PyWavelets; ``copy``: ``x.clone()``; ``fill``: writing
     zeros into a fresh tensor (the cost of fresh memory alone). With the C kernel, also the
     transforms into existing tensors (``dwt_into``/``idwt_into``) and their floor, ``copy_into``
-    (``buffer.copy_(x)``): no allocation, so no page faults.
+    (``buffer.copy_(x)``): no allocation, so no page faults; and ``copy_alloc``, a copy into a fresh
+    tensor allocated like the kernel's outputs (`native.empty`: huge pages from 32 MiB on Linux).
     """
     from wdm_bundle.wavelets import dwt3d, idwt3d, native
 
@@ -210,7 +211,7 @@ def wavelet_speed(size: int, device: str | torch.device = "cpu", repeats: int = 
     out["native"] = native.supports(x)
     if out["native"]:
         x_buf, y_buf = torch.empty_like(x), torch.empty_like(y)
-        timed.update(copy_into=lambda: x_buf.copy_(x), dwt_into=lambda: native.dwt3d_native(x, out=y_buf),
+        timed.update(copy_into=lambda: x_buf.copy_(x), copy_alloc=lambda: native.empty(x.shape, x.dtype).copy_(x), dwt_into=lambda: native.dwt3d_native(x, out=y_buf),
                      idwt_into=lambda: native.idwt3d_native(y, out=x_buf))
     out.update({name: median_time(fn, repeats, 1, device)["median"] for name, fn in timed.items()})
     try:

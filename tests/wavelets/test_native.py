@@ -29,6 +29,73 @@ def test_native_equals_pywavelets_and_torch_path(shape, dtype):
     torch.testing.assert_close(back, x, rtol=0, atol=tol)
 
 
+def _haar_steps(x):
+    """The kernel's additions in its order, in x's dtype, one tensor op each: (..., D, H, W) -> 8 bands."""
+    s = torch.tensor(0.35355339059327373, dtype=x.dtype)
+    a, b, c, e = x[..., 0::2, 0::2, :], x[..., 0::2, 1::2, :], x[..., 1::2, 0::2, :], x[..., 1::2, 1::2, :]
+    lo = [r[..., 0::2] + r[..., 1::2] for r in (a, b, c, e)]
+    hi = [r[..., 0::2] - r[..., 1::2] for r in (a, b, c, e)]
+    z0 = [lo[0] + lo[1], hi[0] + hi[1], lo[0] - lo[1], hi[0] - hi[1]]
+    z1 = [lo[2] + lo[3], hi[2] + hi[3], lo[2] - lo[3], hi[2] - hi[3]]
+    return torch.stack([s * (p + q) for p, q in zip(z0, z1)] + [s * (p - q) for p, q in zip(z0, z1)], -4)
+
+
+@pytest.mark.parametrize("w", [1, 3, 4, 5, 8, 11, 17])
+def test_vector_and_scalar_columns_are_bit_identical(w):
+    """float32 rows run 4 columns per SSE2 instruction plus a scalar tail: both must give the exact IEEE
+    results of the same formula (w = output width: tails of 0-3 columns, rows shorter than one vector)."""
+    x = torch.randn(2, 1, 4, 6, 2 * w, generator=torch.Generator().manual_seed(w))
+    y = native.dwt3d_native(x)
+    assert torch.equal(y, _haar_steps(x[:, 0]).reshape(y.shape))
+    k = y.reshape(2, 8, 2, 3, w)
+    s = torch.tensor(0.35355339059327373)
+    zs = [k[:, j] + k[:, j + 4] for j in range(4)], [k[:, j] - k[:, j + 4] for j in range(4)]
+    rows = []  # (z, y) = (0, 0), (0, 1), (1, 0), (1, 1): W-low, W-high pairs
+    for z in zs:
+        rows += [(z[0] + z[2], z[1] + z[3]), (z[0] - z[2], z[1] - z[3])]
+    ref = torch.empty(2, 4, 6, 2 * w)
+    for n, (lo, hi) in enumerate(rows):
+        ref[:, n // 2::2, n % 2::2, 0::2], ref[:, n // 2::2, n % 2::2, 1::2] = s * (lo + hi), s * (lo - hi)
+    assert torch.equal(native.idwt3d_native(y)[:, 0], ref)
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/kernel/mm/transparent_hugepage"), reason="no transparent huge pages")
+def test_large_outputs_are_advised_as_huge_pages(monkeypatch):
+    def vm_flags(t):
+        p = t.data_ptr() + t.numel() * t.element_size() // 2  # the middle: inside the advised whole 2 MiB pages
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                head = line.split()[0]
+                if "-" in head and not head.endswith(":"):
+                    lo, hi = (int(v, 16) for v in head.split("-"))
+                    inside = lo <= p < hi
+                elif inside and line.startswith("VmFlags:"):
+                    return line.split()[1:]
+        raise AssertionError("mapping not found")
+
+    x = torch.randn(1, 1, 256, 256, 256, generator=torch.Generator().manual_seed(5))  # 64 MiB
+    y = native.dwt3d_native(x)
+    assert "hg" in vm_flags(y) and "hg" not in vm_flags(x)  # the kernel took the advice
+    back = native.idwt3d_native(y)
+    assert "hg" in vm_flags(back)
+    torch.testing.assert_close(back, x, rtol=0, atol=1e-5)
+    torch.testing.assert_close(y[:, :, ::40, ::40], dwt3d(x, use_native=False)[:, :, ::40, ::40], rtol=0, atol=1e-5)
+
+    calls, real = [], native._madvise()
+    monkeypatch.setitem(native._state, "madvise", lambda start, length, advice: calls.append((start, length)) or
+                        real(start, length, advice))
+    y32 = native.dwt3d_native(x[:, :, :128])  # a 32 MiB output: the smallest advised
+    (start, length), = calls
+    assert start % (2 << 20) == 0 and length % (2 << 20) == 0 and length >= (28 << 20)
+    assert y32.data_ptr() <= start and start + length <= y32.data_ptr() + (32 << 20)  # whole pages inside only
+    native.dwt3d_native(x[:, :, :64], out=None)  # 16 MiB: left to the allocator
+    native.dwt3d_native(x, out=torch.empty_like(y))  # the caller's memory: never advised
+    assert len(calls) == 1
+    off = subprocess.run([sys.executable, "-c", "from wdm_bundle.wavelets import native; print(native._madvise())"],
+                         capture_output=True, text=True, env={**os.environ, "WDM_BUNDLE_HUGEPAGES": "0"}, timeout=120)
+    assert off.stdout.strip() == "None", off.stderr
+
+
 def test_default_path_is_native_on_cpu_float():
     x = torch.randn(1, 1, 4, 4, 4)
     assert native.supports(x) and native.supports(x.double())

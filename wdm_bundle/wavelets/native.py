@@ -7,6 +7,10 @@ into a per-user cache (``$WDM_BUNDLE_CACHE`` or ``~/.cache/wdm_bundle``) and cal
 ctypes on the tensors' memory, split over ``torch.get_num_threads()`` Python threads (ctypes
 releases the GIL). When no compiler is found, the build fails, or ``WDM_BUNDLE_NATIVE_HAAR=0``,
 `available` returns False and `wdm_bundle.wavelets.functional` uses its PyTorch path.
+
+Large outputs (≥ 32 MiB, e.g. one 256³ float32 volume) are advised to the kernel as transparent
+huge pages on Linux: first-touching fresh 4 KiB pages cost several times the transform itself
+(docs/acceleration.md). ``WDM_BUNDLE_HUGEPAGES=0`` turns that off.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "dwt3d_native", "idwt3d_native", "supports"]
+__all__ = ["available", "dwt3d_native", "empty", "idwt3d_native", "supports"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +39,11 @@ _FLAGS = ["-O3", "-fPIC", "-shared", "-std=c99"]
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 #: below this many voxels one thread is faster than handing work to a pool
 _PARALLEL_MIN_VOXELS = 1 << 18
+#: outputs this large come from their own fresh mapping with glibc (its mmap threshold is at most
+#: 32 MiB), so advising huge pages affects nothing else
+_HUGEPAGE_MIN_BYTES = 32 << 20
+_HUGEPAGE = 2 << 20
+_MADV_HUGEPAGE = 14
 
 _lock = threading.Lock()
 _state: dict = {}
@@ -122,9 +131,37 @@ def _run(fn, src: torch.Tensor, dst: torch.Tensor, n: int, d: int, h: int, w: in
         job.result()
 
 
+def _madvise():
+    if "madvise" not in _state:
+        fn = None
+        if sys.platform.startswith("linux") and os.environ.get("WDM_BUNDLE_HUGEPAGES", "1").strip().lower() not in (
+                "0", "false", "no", "off"):
+            try:
+                fn = ctypes.CDLL(None, use_errno=True).madvise
+                fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+            except (OSError, AttributeError):
+                fn = None
+        _state["madvise"] = fn
+    return _state["madvise"]
+
+
+def empty(shape: tuple, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``torch.empty`` on CPU, the way the transforms allocate their outputs: from 32 MiB on (Linux), its
+    untouched whole 2 MiB pages are advised as transparent huge pages."""
+    y = torch.empty(shape, dtype=dtype)
+    nbytes = y.numel() * y.element_size()
+    madvise = _madvise() if nbytes >= _HUGEPAGE_MIN_BYTES else None
+    if madvise is not None:
+        start = -(-y.data_ptr() // _HUGEPAGE) * _HUGEPAGE  # only whole 2 MiB pages inside the tensor
+        end = (y.data_ptr() + nbytes) // _HUGEPAGE * _HUGEPAGE
+        if end > start:
+            madvise(start, end - start, _MADV_HUGEPAGE)  # a hint: on failure (no THP) the pages stay 4 KiB
+    return y
+
+
 def _output(out: torch.Tensor | None, shape: tuple, like: torch.Tensor) -> torch.Tensor:
     if out is None:
-        return torch.empty(shape, dtype=like.dtype)
+        return empty(shape, like.dtype)
     if tuple(out.shape) != tuple(shape) or out.dtype != like.dtype or out.device.type != "cpu" or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous CPU {like.dtype} tensor of shape {tuple(shape)}, got a "
                          f"{'contiguous' if out.is_contiguous() else 'non-contiguous'} {out.device.type} {out.dtype} "
