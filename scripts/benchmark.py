@@ -531,13 +531,14 @@ def write_plot(results: dict, path: Path) -> None:
     ax = axes[0]
     w = results.get("wavelet") or []
     if w:
-        names = [("copy", "copy"), ("dwt", "DWT"), ("idwt", "IDWT"), ("torch_dwt", "PyTorch-path DWT"),
-                 ("torch_idwt", "PyTorch-path IDWT"),
+        names = [("copy", "copy (clone)"), ("copy_alloc", "copy, like memory"), ("dwt", "DWT"), ("idwt", "IDWT"),
+                 ("torch_dwt", "PyTorch-path DWT"), ("torch_idwt", "PyTorch-path IDWT"),
                  ("pywt_dwt", "PyWavelets DWT"), ("pywt_idwt", "PyWavelets IDWT")]
-        x = np.arange(len(w))
-        for i, (k, label) in enumerate(n for n in names if n[0] in w[0]):
-            ax.bar(x + i * 0.13, [r[k] * 1e3 for r in w], 0.13, label=label)
-        ax.set_xticks(x + 0.33, [f"{r['size']}³" for r in w])
+        shown = [n for n in names if w[0].get(n[0]) is not None]
+        x, width = np.arange(len(w)), 0.85 / len(shown)
+        for i, (k, label) in enumerate(shown):
+            ax.bar(x + i * width, [r[k] * 1e3 for r in w], width, label=label)
+        ax.set_xticks(x + width * (len(shown) - 1) / 2, [f"{r['size']}³" for r in w])
         ax.set_yscale("log")
         ax.set_ylabel("ms (median)")
         ax.set_title("Haar wavelet transform")

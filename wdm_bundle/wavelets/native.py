@@ -54,8 +54,12 @@ def _cache_dir() -> Path:
     return Path(root)
 
 
+def _switched_off(variable: str) -> bool:
+    return os.environ.get(variable, "1").strip().lower() in ("0", "false", "no", "off")
+
+
 def _build() -> ctypes.CDLL | None:
-    if os.environ.get("WDM_BUNDLE_NATIVE_HAAR", "1").strip().lower() in ("0", "false", "no", "off"):
+    if _switched_off("WDM_BUNDLE_NATIVE_HAAR"):
         return None
     if not sys.platform.startswith(("linux", "darwin")):
         return None
@@ -132,10 +136,10 @@ def _run(fn, src: torch.Tensor, dst: torch.Tensor, n: int, d: int, h: int, w: in
 
 
 def _madvise():
+    """libc's ``madvise``, or None (not Linux, or ``WDM_BUNDLE_HUGEPAGES=0``)."""
     if "madvise" not in _state:
         fn = None
-        if sys.platform.startswith("linux") and os.environ.get("WDM_BUNDLE_HUGEPAGES", "1").strip().lower() not in (
-                "0", "false", "no", "off"):
+        if sys.platform.startswith("linux") and not _switched_off("WDM_BUNDLE_HUGEPAGES"):
             try:
                 fn = ctypes.CDLL(None, use_errno=True).madvise
                 fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
@@ -148,7 +152,7 @@ def _madvise():
 def empty(shape: tuple, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``torch.empty`` on CPU, the way the transforms allocate their outputs: from 32 MiB on (Linux), its
     untouched whole 2 MiB pages are advised as transparent huge pages."""
-    y = torch.empty(shape, dtype=dtype)
+    y = torch.empty(shape, dtype=dtype, device="cpu")  # explicit: a default device of CUDA must not apply
     nbytes = y.numel() * y.element_size()
     madvise = _madvise() if nbytes >= _HUGEPAGE_MIN_BYTES else None
     if madvise is not None:
