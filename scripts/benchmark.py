@@ -271,7 +271,8 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
         measured, best = f"{ratio:.1f}× the copy (`clone`)", ratio
         if big.get("copy_alloc") is not None:  # the copy given the same fresh memory as the transforms' outputs
             alloc = big["dwt_idwt"] / big["copy_alloc"]
-            measured, best = f"{measured}; {alloc:.1f}× a copy into memory allocated like the outputs", min(best, alloc)
+            measured = f"{measured}; {alloc:.1f}× a copy into memory allocated like the outputs"
+            best = min(best, alloc)
         if "dwt_into" in big:  # like for like without fresh memory: both write into existing tensors
             into = (big["dwt_into"] + big["idwt_into"]) / big["copy_into"]
             measured, best = f"{measured}; into existing memory {into:.1f}× a `copy_`", min(best, into)

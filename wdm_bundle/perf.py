@@ -211,7 +211,8 @@ def wavelet_speed(size: int, device: str | torch.device = "cpu", repeats: int = 
     out["native"] = native.supports(x)
     if out["native"]:
         x_buf, y_buf = torch.empty_like(x), torch.empty_like(y)
-        timed.update(copy_into=lambda: x_buf.copy_(x), copy_alloc=lambda: native.empty(x.shape, x.dtype).copy_(x), dwt_into=lambda: native.dwt3d_native(x, out=y_buf),
+        timed.update(copy_into=lambda: x_buf.copy_(x), copy_alloc=lambda: native.empty(x.shape, x.dtype).copy_(x),
+                     dwt_into=lambda: native.dwt3d_native(x, out=y_buf),
                      idwt_into=lambda: native.idwt3d_native(y, out=x_buf))
     out.update({name: median_time(fn, repeats, 1, device)["median"] for name, fn in timed.items()})
     try:

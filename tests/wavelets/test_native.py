@@ -133,6 +133,15 @@ def test_write_into_existing_tensor():
         native.idwt3d_native(y, out=y.view(2, 1, 6, 8, 4))
 
 
+def test_outputs_are_cpu_tensors_whatever_the_default_device():
+    x = torch.randn(1, 1, 4, 6, 8)
+    with torch.device("meta"):  # as with torch.set_default_device("cuda"): the kernel must not get that memory
+        y = native.dwt3d_native(x)
+        back = native.idwt3d_native(y)
+    assert y.device.type == "cpu" and back.device.type == "cpu"
+    torch.testing.assert_close(back, x, rtol=0, atol=1e-6)
+
+
 def test_threads_split_the_work_without_changing_it():
     x = torch.randn(2, 1, 64, 64, 48, generator=torch.Generator().manual_seed(3))  # above the one-thread limit
     before = torch.get_num_threads()
