@@ -454,7 +454,9 @@ def write_markdown(results: dict, path: Path, png_name: str | None) -> None:
               f"The samplers take turns: {min(3, cfg['repeats'])} rounds, each sampling once with every sampler "
               "(after one warm-up call of the cheapest), so a drift of the machine's speed affects all alike; "
               "medians over the rounds. DDIM-50 makes 1/20 of DDPM-1000's network calls and the same work per "
-              "call, so its speed-up is about 20×, on the boundary of the ≥20× target.", "",
+              "call, so its speed-up is at most about 20× (costs per sample only lower it): measured values "
+              "above or below 20× are drift of the machine between the rounds, and the ≥20× target can only "
+              "be met robustly by a sampler with fewer calls (RFlow-30).", "",
               "| sampler | network calls | time per sample | speed-up vs " + r0["sampler"] + " |", "|---|---|---|---|"]
         L += [f"| {r['sampler']} | {r['steps']} | {_s(r['time'])} | {ref / r['time']:.1f}× |" for r in results["sampling"]]
         L.append("")
