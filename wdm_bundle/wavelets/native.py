@@ -39,8 +39,8 @@ _FLAGS = ["-O3", "-fPIC", "-shared", "-std=c99"]
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 #: below this many voxels one thread is faster than handing work to a pool
 _PARALLEL_MIN_VOXELS = 1 << 18
-#: outputs this large come from their own fresh mapping with glibc (its mmap threshold is at most
-#: 32 MiB), so advising huge pages affects nothing else
+#: outputs this large normally get their own fresh mapping from glibc (its mmap threshold is at most
+#: 32 MiB); where the advice reaches other memory it only makes that eligible for huge pages too
 _HUGEPAGE_MIN_BYTES = 32 << 20
 _HUGEPAGE = 2 << 20
 _MADV_HUGEPAGE = 14
