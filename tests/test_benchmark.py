@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from PIL import Image
 
 from wdm_bundle.wavelets import native
@@ -48,13 +49,17 @@ def test_quick_benchmark_writes_report(repo_root, demo_data, tmp_path):
     assert mem["training"]["checkpointing"] < mem["training"]["plain"]
     assert {"fp32", "bf16"} <= set(mem["inference"][0])
     quality = data["quality"]["rows"]
-    assert [r["sampler"] for r in quality] == ["DDPM-50", "DDIM-50", "DDIM-10", "RFlow-30"]
+    assert [(r["sampler"], r["model"]) for r in quality] == [("DDPM-50", "ddpm"), ("DDIM-50", "ddpm"), ("DDIM-10", "ddpm"),
+                                                             ("RFlow-30", "rflow"), ("RFlow-30", "rflow_x0")]
+    assert "| RFlow-30 | rflow_x0 |" in md and "RFlow-30 (rflow_x0) quality within 10%" in md
     assert all(r["mean_image_rmse"] >= 0 and r["ms_ssim_fake"] is not None for r in quality)
     assert len(data["targets"]) >= 6 and all({"target", "measured", "met"} <= set(t) for t in data["targets"])
 
     png = Image.open(out / "images" / "performance.png")
     assert png.size[0] > 1000 and png.size[1] > 300
-    assert (tmp_path / "work" / "train_rflow" / "models" / "model.pt").exists()
+    for objective in ("ddpm", "rflow", "rflow_x0"):
+        state = torch.load(tmp_path / "work" / f"train_{objective}" / "models" / "model.pt", weights_only=True)
+        assert state["diffusion"] == objective
     assert "## Consistency with the previous run" not in md
 
     # a rerun into the same folder compares itself with the run it replaces
@@ -114,6 +119,17 @@ def test_fast_sampler_target_needs_speed_and_quality_from_one_sampler(repo_root)
     rows = {t: (m, ok) for t, m, ok in bench.targets({"sampling": sampling, "quality": quality})}
     assert rows["DDIM-50 or RFlow-30: one sampler ≥20× faster and within 10% in quality"] == (
         "DDIM-50 (the other: RFlow-30 misses quality)", True)
+    # a second RFlow-30 model (x0 output) that is good enough makes RFlow-30 pass; each model gets its own row
+    sampling[1]["time"] = 5.3
+    quality["rows"][2]["model"] = "rflow"
+    quality["rows"].append({**ref, "sampler": "RFlow-30", "model": "rflow_x0", "histogram_w1": 0.105})
+    rows = {t: (m, ok) for t, m, ok in bench.targets({"sampling": sampling, "quality": quality})}
+    assert rows["RFlow-30 quality within 10% of DDPM-1000 on every metric"] == ("worst: histogram W1 100% worse", False)
+    assert rows["RFlow-30 (rflow_x0) quality within 10% of DDPM-1000 on every metric"] == ("worst: histogram W1 5% worse", True)
+    assert rows["DDIM-50 or RFlow-30: one sampler ≥20× faster and within 10% in quality"] == (
+        "RFlow-30 (the other: DDIM-50 misses speed)", True)
+    numbers = bench.key_numbers({"quality": quality})
+    assert numbers["RFlow-30 histogram W1"][0] == 0.2 and numbers["RFlow-30 (rflow_x0) histogram W1"][0] == 0.105
 
 
 def test_wavelet_target_states_every_reading_of_the_copy(repo_root):

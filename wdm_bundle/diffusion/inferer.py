@@ -10,6 +10,7 @@ from monai.networks.schedulers import RFlowScheduler, Scheduler
 from torch import nn
 from tqdm.auto import tqdm
 
+from wdm_bundle.diffusion.schedulers import Diffusion, check_sampler, diffusion_of, velocity_from_x0
 from wdm_bundle.wavelets import HaarWavelet3D
 
 __all__ = ["WaveletDiffusionInferer", "unwrap_model"]
@@ -27,7 +28,8 @@ class WaveletDiffusionInferer(DiffusionInferer):
 
     Training (``__call__``) takes clean coefficients from `WaveletPrepareBatch`, noises them with
     the scheduler and returns the network's prediction (x0, or the velocity x0 - noise for
-    rectified flow); condition coefficients, if any, are concatenated on the channel axis.
+    rectified flow; for ``diffusion="rflow_x0"`` the velocity computed from the predicted x0);
+    condition coefficients, if any, are concatenated on the channel axis.
     Sampling (``sample``) clamps every predicted x0 in image space (IDWT -> clamp to
     ``data_range`` -> DWT), as the reference WDM code does. For rectified flow the x0 implied by
     the velocity, ``x_t + v t/T``, is clamped and the velocity recomputed from it before the
@@ -41,10 +43,17 @@ class WaveletDiffusionInferer(DiffusionInferer):
             (see `make_scheduler`).
         data_range: (min, max) of the images: (-1, 1) for WDM, (0, 1) for cWDM.
         wavelet: coder between images and coefficients; default: the network's ``.wavelet``.
+        diffusion: the objective the network was trained with (`Diffusion`), which fixes what its
+            output is; default: ``"rflow"`` for an `RFlowScheduler`, else ``"ddpm"``. Must suit
+            the scheduler.
     """
 
     def __init__(
-        self, scheduler: Scheduler, data_range: Sequence[float] = (-1.0, 1.0), wavelet: HaarWavelet3D | None = None
+        self,
+        scheduler: Scheduler,
+        data_range: Sequence[float] = (-1.0, 1.0),
+        wavelet: HaarWavelet3D | None = None,
+        diffusion: str | None = None,
     ) -> None:
         super().__init__(scheduler)
         if scheduler.prediction_type != "sample" and not isinstance(scheduler, RFlowScheduler):
@@ -54,6 +63,8 @@ class WaveletDiffusionInferer(DiffusionInferer):
             raise ValueError(f"data_range must be (min, max) with min < max, got {data_range}.")
         self.data_range = (float(data_range[0]), float(data_range[1]))
         self.wavelet = wavelet
+        self.diffusion = Diffusion(diffusion_of(scheduler) if diffusion is None else diffusion).value
+        check_sampler(self.diffusion, scheduler, "the network")
 
     def _coder(self, model: nn.Module) -> HaarWavelet3D:
         return self.wavelet if self.wavelet is not None else unwrap_model(model).wavelet
@@ -68,7 +79,11 @@ class WaveletDiffusionInferer(DiffusionInferer):
     ) -> torch.Tensor:
         """Noise clean coefficients ``inputs`` (B, 8C, d, h, w) to step ``timesteps`` (B,) and predict x0 (or velocity)."""
         mode = "crossattn" if condition is None else "concat"
-        return super().__call__(inputs, diffusion_model, noise=noise, timesteps=timesteps, condition=condition, mode=mode)
+        out = super().__call__(inputs, diffusion_model, noise=noise, timesteps=timesteps, condition=condition, mode=mode)
+        if self.diffusion != Diffusion.RFLOW_X0:
+            return out
+        x_t = self.scheduler.add_noise(original_samples=inputs, noise=noise, timesteps=timesteps)
+        return velocity_from_x0(out, x_t, timesteps, self.scheduler.num_train_timesteps)
 
     def clamp_x0(self, x0: torch.Tensor, model: nn.Module) -> torch.Tensor:
         """IDWT -> clamp to ``data_range`` -> DWT."""
@@ -96,7 +111,9 @@ class WaveletDiffusionInferer(DiffusionInferer):
             decode: return images (B, C, 2d, 2h, 2w) clamped to ``data_range`` instead of coefficients.
         """
         scheduler = scheduler or self.scheduler
+        check_sampler(self.diffusion, scheduler, "the network")
         rflow = isinstance(scheduler, RFlowScheduler)
+        x0_output = self.diffusion != Diffusion.RFLOW
         if rflow and not hasattr(scheduler, "num_inference_steps"):
             raise ValueError("the RFlowScheduler has no timesteps; call set_timesteps (make_scheduler does).")
         x = input_noise.float()
@@ -110,9 +127,11 @@ class WaveletDiffusionInferer(DiffusionInferer):
             with torch.autocast(x.device.type, enabled=False):
                 if rflow:
                     frac = t / scheduler.num_train_timesteps
-                    x0 = x + out * frac  # x_t = x0 - (t/T) v
+                    x0 = out if x0_output else x + out * frac  # x_t = x0 - (t/T) v
                     if clamp:
-                        out = (self.clamp_x0(x0, diffusion_model) - x) / frac
+                        x0 = self.clamp_x0(x0, diffusion_model)
+                    if clamp or x0_output:
+                        out = (x0 - x) / frac
                     x, _ = scheduler.step(out, t, x, t_next)
                 else:
                     x0 = self.clamp_x0(out, diffusion_model) if clamp else out

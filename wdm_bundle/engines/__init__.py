@@ -6,6 +6,7 @@ from wdm_bundle.engines.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_weights,
+    trained_diffusion,
 )
 from wdm_bundle.engines.generation import VolumeGenerator, centered_affine, sample_seed
 from wdm_bundle.engines.handlers import IterationBudget, PreviewSampler, ReshuffleOnRestart
@@ -15,5 +16,5 @@ from wdm_bundle.engines.tracking import connect_tracking
 
 __all__ = [
     "WaveletPrepareBatch", "SynthesisPrepareBatch", "synthesis_inputs", "IterationBudget", "PreviewSampler", "ReshuffleOnRestart", "connect_tracking", "TrainingCheckpointer", "atomic_save",
-    "latest_checkpoint", "list_checkpoints", "load_weights", "VolumeGenerator", "ContrastSynthesizer", "CaseError", "CaseResult", "write_like", "centered_affine", "sample_seed",
+    "latest_checkpoint", "list_checkpoints", "load_weights", "trained_diffusion", "VolumeGenerator", "ContrastSynthesizer", "CaseError", "CaseResult", "write_like", "centered_affine", "sample_seed",
 ]

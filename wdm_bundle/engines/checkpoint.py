@@ -21,7 +21,8 @@ from wdm_bundle.diffusion.inferer import unwrap_model
 from wdm_bundle.diffusion.schedulers import Diffusion, check_sampler
 from wdm_bundle.utils import as_bool, atomic_write
 
-__all__ = ["atomic_save", "list_checkpoints", "latest_checkpoint", "TrainingCheckpointer", "load_weights"]
+__all__ = ["atomic_save", "list_checkpoints", "latest_checkpoint", "TrainingCheckpointer", "load_weights",
+           "trained_diffusion"]
 
 logger = logging.getLogger(__name__)
 _CKPT = re.compile(r"^checkpoint_(\d+)\.pt$")
@@ -75,7 +76,7 @@ class TrainingCheckpointer:
             deleted); without it, that is an error, so no run is destroyed by accident.
         map_location: device for loading on resume.
         enabled: False on non-zero distributed ranks: they load but never write.
-        diffusion: training objective (``"ddpm"`` or ``"rflow"``), recorded in every file.
+        diffusion: training objective (``"ddpm"``, ``"rflow"`` or ``"rflow_x0"``), recorded in every file.
     """
 
     def __init__(
@@ -169,12 +170,31 @@ class TrainingCheckpointer:
         logger.info(f"saved checkpoint at iteration {iteration} to '{self.save_dir}'.")
 
 
+def _recorded_diffusion(state: object) -> str:
+    trained = state.get("diffusion") if isinstance(state, dict) else None
+    return Diffusion(trained).value if isinstance(trained, str) else Diffusion.DDPM.value
+
+
+def trained_diffusion(path: str | os.PathLike) -> str | None:
+    """The objective (`Diffusion`) recorded in the checkpoint at ``path`` (``"ddpm"`` if it records
+    none), or None if there is no file there (`load_weights` then says so)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:  # mmap: reads the small record, not the weights
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # files in torch's legacy (non-zip) format cannot be mapped
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    return _recorded_diffusion(state)
+
+
 def load_weights(
     network: nn.Module,
     path: str | os.PathLike,
     key: str | None = "ema",
     strict: bool = True,
     sampler: Scheduler | str | None = None,
+    diffusion: str | None = None,
 ) -> nn.Module:
     """Load weights into ``network`` from a bundle ``model.pt``, a training checkpoint or a bare state_dict.
 
@@ -187,6 +207,8 @@ def load_weights(
         sampler: the scheduler (or sampler name) the weights will be sampled with; a checkpoint
             trained with another objective (``diffusion``, see `TrainingCheckpointer`) is refused.
             Files that record no objective count as ``"ddpm"`` (all earlier and imported ones).
+        diffusion: the objective the sampler expects (``WaveletDiffusionInferer.diffusion``); a
+            checkpoint that records another one is refused (cWDM: all contrast models alike).
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -197,9 +219,13 @@ def load_weights(
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint '{path}' does not exist; train first or pass --ckpt_path.")
     state = torch.load(path, map_location="cpu", weights_only=True)
+    trained = _recorded_diffusion(state)
     if sampler is not None:
-        trained = state.get("diffusion", Diffusion.DDPM.value) if isinstance(state, dict) else Diffusion.DDPM.value
-        check_sampler(trained if isinstance(trained, str) else Diffusion.DDPM.value, sampler, f"checkpoint '{path}'")
+        check_sampler(trained, sampler, f"checkpoint '{path}'")
+    if diffusion is not None and Diffusion(diffusion) != trained:
+        raise ValueError(f"checkpoint '{path}' was trained with diffusion='{trained}', but the sampler is set up for "
+                         f"diffusion='{Diffusion(diffusion).value}' (what the network outputs); set diffusion to "
+                         f"'{trained}' or leave it to be read from the checkpoint.")
     if key is not None and isinstance(state, dict) and key in state and isinstance(state[key], dict):
         state = state[key]
     elif key is not None and isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):

@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from monai.data import MetaTensor
 from monai.engines.utils import DiffusionPrepareBatch
+from monai.networks.schedulers import RFlowScheduler, Scheduler
 
-from wdm_bundle.diffusion.schedulers import Diffusion
+from wdm_bundle.diffusion.schedulers import Diffusion, velocity_from_x0
 from wdm_bundle.wavelets import HaarWavelet3D
 
 __all__ = ["WaveletPrepareBatch", "SynthesisPrepareBatch", "synthesis_inputs"]
@@ -24,15 +25,19 @@ class WaveletPrepareBatch(DiffusionPrepareBatch):
 
     The images (B, C, D, H, W) are moved to the device, then encoded there to coefficients
     (B, 8C, D/2, H/2, W/2); the target is the clean coefficients (x0 prediction), or the velocity
-    x0 - noise for rectified flow (as MONAI's MAISI trains with `RFlowScheduler`). Condition
-    images under ``condition_name`` are encoded the same way and passed to the inferer.
+    x0 - noise for rectified flow (as MONAI's MAISI trains with `RFlowScheduler`; for
+    ``"rflow_x0"`` in the form `velocity_from_x0` gives it). Condition images under
+    ``condition_name`` are encoded the same way and passed to the inferer.
 
     Args:
-        num_train_timesteps: T; timesteps are drawn uniformly from [0, T).
+        num_train_timesteps: T; timesteps are drawn uniformly from [0, T), or by ``scheduler``.
         wavelet: the coder, normally ``network.wavelet``.
         image_key: batch key of the target images.
         condition_name: batch key of condition images, or None for unconditional training.
-        diffusion: training objective, ``"ddpm"`` (x0 target) or ``"rflow"`` (velocity target).
+        diffusion: training objective, ``"ddpm"`` (x0 target), ``"rflow"`` or ``"rflow_x0"``
+            (velocity target).
+        scheduler: the training scheduler; an `RFlowScheduler` draws the timesteps
+            (``sample_timesteps``: uniform or logit-normal, see `make_scheduler`).
     """
 
     def __init__(
@@ -42,14 +47,27 @@ class WaveletPrepareBatch(DiffusionPrepareBatch):
         image_key: str = "image",
         condition_name: str | None = None,
         diffusion: str = Diffusion.DDPM,
+        scheduler: Scheduler | None = None,
     ) -> None:
         super().__init__(num_train_timesteps=num_train_timesteps, condition_name=condition_name)
         self.wavelet = wavelet
         self.image_key = image_key
         self.diffusion = Diffusion(diffusion)
+        if scheduler is not None and scheduler.num_train_timesteps != num_train_timesteps:
+            raise ValueError(f"scheduler has T = {scheduler.num_train_timesteps}, num_train_timesteps is {num_train_timesteps}.")
+        self.scheduler = scheduler
+
+    def get_timesteps(self, images: torch.Tensor) -> torch.Tensor:
+        """Training timesteps (B,) long in [0, T): the RFlow scheduler's draw, else uniform."""
+        if isinstance(self.scheduler, RFlowScheduler):
+            return self.scheduler.sample_timesteps(images).long().clamp_(0, self.num_train_timesteps - 1)
+        return super().get_timesteps(images)
 
     def get_target(self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The clean coefficients (x0 prediction), or the rectified-flow velocity ``x0 - noise``."""
+        if self.diffusion == Diffusion.RFLOW_X0:
+            frac = (timesteps.to(images.dtype) / self.num_train_timesteps).reshape(-1, *(1,) * (images.ndim - 1))
+            return velocity_from_x0(images, (1 - frac) * images + frac * noise, timesteps, self.num_train_timesteps)
         return images - noise if self.diffusion == Diffusion.RFLOW else images
 
     def get_inputs(
@@ -98,7 +116,8 @@ class SynthesisPrepareBatch(WaveletPrepareBatch):
         num_contrasts: K.
         target_index: index of the fixed target contrast, or None for the unified model.
         contrasts_key: batch key of the stacked contrasts.
-        diffusion: training objective, ``"ddpm"`` or ``"rflow"`` (see `WaveletPrepareBatch`).
+        diffusion: training objective, ``"ddpm"``, ``"rflow"`` or ``"rflow_x0"`` (see `WaveletPrepareBatch`).
+        scheduler: the training scheduler (see `WaveletPrepareBatch`).
     """
 
     def __init__(
@@ -109,8 +128,10 @@ class SynthesisPrepareBatch(WaveletPrepareBatch):
         target_index: int | None = None,
         contrasts_key: str = "images",
         diffusion: str = Diffusion.DDPM,
+        scheduler: Scheduler | None = None,
     ) -> None:
-        super().__init__(num_train_timesteps, wavelet, image_key=contrasts_key, condition_name=None, diffusion=diffusion)
+        super().__init__(num_train_timesteps, wavelet, image_key=contrasts_key, condition_name=None, diffusion=diffusion,
+                         scheduler=scheduler)
         if num_contrasts < 2:
             raise ValueError(f"num_contrasts must be >= 2 (a target and a source), got {num_contrasts}.")
         if target_index is not None and not 0 <= target_index < num_contrasts:

@@ -139,7 +139,8 @@ class ContrastSynthesizer:
                     raise CaseError(f"no model for target '{missing}': ckpt_paths has {sorted(self.ckpt_paths)}.")
                 net, path = self.network_factory(condition_channels=k - 1, extra_channels=0), self.ckpt_paths[missing]
             try:
-                load_weights(net, path, key="ema" if self.use_ema else "model", sampler=self.scheduler)
+                load_weights(net, path, key="ema" if self.use_ema else "model", sampler=self.scheduler,
+                             diffusion=self.inferer.diffusion)
             except FileNotFoundError as e:
                 raise CaseError(str(e)) from e
             if self.roi_size:
