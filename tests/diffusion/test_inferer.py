@@ -5,20 +5,7 @@ from torch import nn
 from wdm_bundle.diffusion import WaveletDiffusionInferer, make_scheduler
 from wdm_bundle.wavelets import HaarWavelet3D
 
-
-class Oracle(nn.Module):
-    """Predicts the same clean coefficients whatever the input: sampling must return them exactly."""
-
-    def __init__(self, target_coeffs):
-        super().__init__()
-        self.wavelet = HaarWavelet3D(3.0)
-        self.target = target_coeffs
-        self.calls = 0
-
-    def forward(self, x, timesteps, context=None):
-        self.calls += 1
-        assert timesteps.shape == (x.shape[0],)
-        return self.target.expand(x.shape[0], -1, -1, -1, -1)
+from oracles import Oracle
 
 
 def _target(value_range=(-1, 1)):

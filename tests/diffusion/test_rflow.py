@@ -11,6 +11,8 @@ from wdm_bundle.engines import TrainingCheckpointer, WaveletPrepareBatch, atomic
 from wdm_bundle.networks import WaveletDiffusionUNet
 from wdm_bundle.wavelets import HaarWavelet3D
 
+from oracles import Oracle as X0Oracle
+
 
 class VelocityOracle(nn.Module):
     """Returns the exact velocity that carries x_t to a fixed x0: v = (x0 - x_t) / (t/T)."""
@@ -26,20 +28,6 @@ class VelocityOracle(nn.Module):
         self.calls += 1
         frac = timesteps.float().view(-1, 1, 1, 1, 1) / self.T
         return (self.target - x[:, : self.target.shape[1]]) / frac
-
-
-class X0Oracle(nn.Module):
-    """Predicts a fixed x0 whatever the input (an x0-predicting network that is always right)."""
-
-    def __init__(self, target_coeffs):
-        super().__init__()
-        self.wavelet = HaarWavelet3D(3.0)
-        self.target = target_coeffs
-        self.calls = 0
-
-    def forward(self, x, timesteps, context=None):
-        self.calls += 1
-        return self.target.expand(x.shape[0], -1, -1, -1, -1)
 
 
 def test_rflow_scheduler_settings():
