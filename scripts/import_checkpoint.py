@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # repo root, fo
 import fire  # noqa: E402
 
 from wdm_bundle.networks.reference_checkpoint import import_checkpoint_file  # noqa: E402
+from wdm_bundle.utils import as_bool  # noqa: E402
 
 
 def import_checkpoint(
@@ -24,18 +25,22 @@ def import_checkpoint(
     config: str | None = None,
     iteration: int = 0,
     overwrite: bool = False,
+    target_contrast: str | None = None,
 ) -> str:
     """Convert the published ``state_dict`` ``src`` into a bundle ``{"model", "ema", "iteration"}`` file.
 
     The configuration is detected from the keys and shapes; a checkpoint that fits none is
     reported key by key (missing, unexpected, shape mismatches). Both "model" and "ema" get the
-    published weights. Refuses to overwrite ``dst`` unless ``--overwrite true``.
+    published weights, and the file records the authors' training settings (schedule, fixed-large
+    variance, data range, pad/crop placement, network), which inference reads: nothing else to set.
+    Refuses to overwrite ``dst`` unless ``--overwrite true``.
 
     Example::
 
         python scripts/import_checkpoint.py brats_unet_128_1200k.pt --dst models/brats_unet_128.pt
         python scripts/import_checkpoint.py lidc-idri_unet_128_1200k.pt --dst models/lidc_unet_128.pt \\
             --config wdm_unet_128 --iteration 1200000
+        python scripts/import_checkpoint.py cwdm_t2f.pt --dst models/t2f/model.pt --target_contrast t2f
 
     Args:
         src: the downloaded ``.pt`` file (a bare reference state_dict).
@@ -44,12 +49,14 @@ def import_checkpoint(
             default: detected.
         iteration: training iteration to record in ``dst``.
         overwrite: replace an existing ``dst``.
+        target_contrast: cWDM only (required): the contrast the model synthesises, t1n, t1c, t2w or t2f.
 
     Returns:
         The configuration name.
     """
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return import_checkpoint_file(src, dst, config=config, iteration=iteration, overwrite=overwrite)
+    return import_checkpoint_file(src, dst, config=config, iteration=iteration, overwrite=as_bool(overwrite, "overwrite"),
+                                  target_contrast=target_contrast)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["as_bool", "atomic_write", "autocast_dtype"]
+__all__ = ["as_bool", "atomic_write", "autocast_dtype", "plain", "plain_config"]
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0", "none", ""}
@@ -81,3 +81,27 @@ def autocast_dtype(name: str | torch.dtype | None, device: str | torch.device) -
     if key not in _AMP_DTYPES:
         raise ValueError(f"amp_dtype must be 'bfloat16', 'float16' or null (automatic), got {name!r}.")
     return _AMP_DTYPES[key]
+
+
+def plain(value: object) -> object:
+    """``value`` as plain JSON-like Python types (tuples -> lists, enums -> str, numpy/torch scalars -> numbers).
+
+    Raises:
+        TypeError: for anything else (a module, a tensor): a record must stay loadable with ``weights_only``.
+    """
+    if value is None or isinstance(value, (bool, int, float)) and not hasattr(value, "value"):
+        return value
+    if isinstance(value, str):
+        return str(value)  # StrEnum -> its value
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy / torch scalar
+        return value.item()
+    raise TypeError(f"cannot record a {type(value).__name__} ({value!r}); only numbers, strings, lists and dicts.")
+
+
+def plain_config(**kwargs: object) -> dict:
+    """Constructor arguments as a plain dict (see `plain`), recorded with the weights to rebuild the module."""
+    return {k: plain(v) for k, v in kwargs.items()}

@@ -171,11 +171,12 @@ def test_network_data_formats_match_the_configs(repo_root, metadata, name):
     assert image["spatial_shape"] == pred["spatial_shape"]
     assert image["dtype"] == pred["dtype"] == "float32"
     assert fmt["inputs"]["timesteps"]["value_range"] == [0, 999]
-    # the coefficient grid is half the image grid the inference configs use, and the network can downsample it
+    # the coefficient grid is half the image grid the inference configs use (read from the record; without weights
+    # the defaults a checkpoint without a record is assumed to have), and the network can downsample it
     if name == "network_data_format":
-        image_size = _parser(repo_root, ["inference.json"]).get("image_size")
+        image_size = _parser(repo_root, ["inference.json"]).get_parsed_content("record")["image_size"]
     else:
-        image_size = _parser(repo_root, ["inference_cwdm.json"]).get("roi_size")
+        image_size = _parser(repo_root, ["inference_cwdm.json"]).get_parsed_content("record")["roi_size"]
         assert _parser(repo_root, configs).get("roi_size") == image_size
     assert [2 * s for s in image["spatial_shape"]] == list(image_size)
     net.check_image_size(image_size)

@@ -92,3 +92,42 @@ def test_atomic_write_keeps_the_suffix_for_format_detection(tmp_path):
     atomic_write(tmp_path / "x.nii.gz", lambda tmp: nib.save(img, tmp))
     assert (tmp_path / "x.nii.gz").read_bytes()[:2] == b"\x1f\x8b"  # gzip, as the final name says
     assert os.listdir(tmp_path) == ["x.nii.gz"]
+
+
+def test_random_state_round_trip_loads_weights_only(tmp_path):
+    import random
+
+    import numpy as np
+
+    from wdm_bundle.engines import random_state, set_random_state
+
+    gen = torch.Generator().manual_seed(1)
+
+    def draws():
+        return (torch.rand(3).tolist(), np.random.rand(3).tolist(), np.random.randn(1).tolist(), random.random(),
+                torch.rand(2, generator=gen).tolist())
+
+    np.random.randn(1)  # leave a cached gaussian in numpy's state
+    atomic_save({"rng": [random_state(gen)]}, tmp_path / "s.pt")
+    first = draws()
+    set_random_state(torch.load(tmp_path / "s.pt", weights_only=True)["rng"][0], gen)
+    assert draws() == first
+
+
+def test_checkpoint_without_random_state_resumes_with_a_warning(tmp_path, caplog):
+    net = WaveletDiffusionUNet(**SMALL)
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    engine = _engine(net, opt)
+    TrainingCheckpointer(tmp_path, net, opt, save_every=2).attach(engine)
+    engine.run(range(2), max_epochs=1)
+    path = latest_checkpoint(tmp_path)
+    state = torch.load(path, weights_only=True)
+    assert len(state["rng"]) == 1 and {"torch", "numpy", "python"} <= state["rng"][0].keys()
+    atomic_save({k: v for k, v in state.items() if k not in ("rng", "data")}, path)  # as an older version wrote it
+
+    engine2 = _engine(net, opt)
+    TrainingCheckpointer(tmp_path, net, opt, resume=True).attach(engine2)
+    with caplog.at_level("WARNING", logger="wdm_bundle.engines.checkpoint"):
+        engine2.run(range(2), max_epochs=2)
+    assert engine2.state.iteration == 4
+    assert "is not exact" in caplog.text and "holds no random state" in caplog.text

@@ -1,12 +1,9 @@
-"""Pieces of multi-process runs that need no process group: sampling shares and per-pass reshuffling."""
+"""Pieces of multi-process runs that need no process group: sampling shares."""
 
 import pytest
-import torch
-from ignite.engine import Engine, Events
-from monai.data import DataLoader, DistributedSampler
 
 from wdm_bundle.diffusion import WaveletDiffusionInferer, make_scheduler
-from wdm_bundle.engines import ReshuffleOnRestart, VolumeGenerator
+from wdm_bundle.engines import VolumeGenerator
 from wdm_bundle.networks import WaveletDiffusionUNet
 
 
@@ -32,19 +29,3 @@ def test_split_run_writes_only_own_share_with_global_names(tmp_path):
     assert [p.split("/")[-1] for p in written] == ["sample_0001.nii.gz"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sample_0001.nii.gz", "sample_0001.png"]
 
-
-def test_reshuffle_on_restart_gives_each_pass_a_new_order():
-    data = list(range(12))
-    orders = {}
-    for reshuffle in (False, True):
-        sampler = DistributedSampler(data, num_replicas=2, rank=0, shuffle=True)
-        seen = []
-        engine = Engine(lambda e, batch: seen.append(batch.tolist()))
-        if reshuffle:
-            ReshuffleOnRestart(sampler).attach(engine)
-        engine.run(DataLoader(data, batch_size=6, sampler=sampler), max_epochs=1, epoch_length=4)
-        orders[reshuffle] = [tuple(b) for b in seen]  # one batch = rank 0's whole pass
-    assert len(set(orders[False])) == 1  # without the handler, every pass in the epoch repeats the order
-    assert len(set(orders[True])) > 1
-    with pytest.raises(TypeError, match="set_epoch"):
-        ReshuffleOnRestart(torch.utils.data.RandomSampler(data))

@@ -1,18 +1,29 @@
 """ContrastSynthesizer on BraTS-sized cases: geometry, per-case errors, nothing lost."""
 
 import json
-from functools import partial
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
+from monai.transforms import ScaleIntensityRangePercentiles
+from oracles import ConditionEcho
 
 from wdm_bundle.diffusion import WaveletDiffusionInferer, make_scheduler
-from wdm_bundle.engines import ContrastSynthesizer, atomic_save
+from wdm_bundle.engines import LEGACY_RECORDS, ContrastSynthesizer, atomic_save, validate_record
 from wdm_bundle.networks import WaveletDiffusionUNet
 
 CONTRASTS = ["t1n", "t1c", "t2w", "t2f"]
-FACTORY = partial(WaveletDiffusionUNet, channels=(8, 8), num_res_blocks=1, norm_num_groups=8)
+SMALL = dict(channels=[8, 8], num_res_blocks=1, norm_num_groups=8)
+
+
+def _record(roi_size=(224, 224, 160), unified=True, **kw):
+    """A validated cWDM training record with a small network."""
+    base = LEGACY_RECORDS["synthesis"]
+    channels = {"condition_channels": 4, "extra_channels": 4} if unified else {"condition_channels": 3, "extra_channels": 0}
+    network = {**base["network"], **SMALL, **channels}
+    roi = list(roi_size) if roi_size else None
+    return validate_record({**base, "roi_size": roi, "image_size": roi, "network": network, **kw})
 
 
 def _oblique_affine():
@@ -38,14 +49,15 @@ def _case(root, name, contrasts, shape=(240, 240, 155), affine=None, shapes=None
     return d
 
 
-def _synthesizer(tmp_path, input_dir, unified=True, **kw):
+def _synthesizer(tmp_path, input_dir, unified=True, roi_size=(224, 224, 160), **kw):
+    record = _record(roi_size)
     ckpt = tmp_path / "model.pt"
     if not ckpt.exists():
-        atomic_save({"model": FACTORY(condition_channels=4, extra_channels=4).state_dict()}, ckpt)
+        atomic_save({"model": WaveletDiffusionUNet.from_config(record["network"]).state_dict(), "record": record}, ckpt)
     args = dict(
-        network_factory=FACTORY, contrasts=CONTRASTS, inferer=WaveletDiffusionInferer(make_scheduler("ddim", 1), (0, 1)),
+        record=record, inferer=WaveletDiffusionInferer(make_scheduler("ddim", 1), (0, 1)),
         scheduler=make_scheduler("ddim", 1), input_dir=input_dir, output_dir=tmp_path / "out", unified=unified,
-        ckpt_path=ckpt, roi_size=(224, 224, 160), use_ema=False, save_png=False, progress=False,
+        ckpt_path=ckpt, use_ema=False, save_png=False, progress=False,
     )
     args.update(kw)
     return ContrastSynthesizer(**args)
@@ -125,3 +137,43 @@ def test_per_contrast_models_need_their_weights(tmp_path):
     _case(tmp_path / "in", "x", ["t1n", "t1c", "t2w"], shape=(16, 16, 16))
     with pytest.raises(RuntimeError, match="no model for target 't2f'"):
         _synthesizer(tmp_path, tmp_path / "in", unified=False, ckpt_paths={"t1n": "a.pt"}, roi_size=None).run()
+
+
+IDENTITY_CASES = {  # name: (input shape, roi_size, placement, data_range)
+    "brats_reference_framing": ((240, 240, 155), (224, 224, 160), "end", (0.0, 1.0)),
+    "brats_symmetric": ((240, 240, 155), (224, 224, 160), "symmetric", (0.0, 1.0)),
+    "odd_crop_and_pads_end": ((37, 41, 29), (32, 44, 32), "end", (-1.0, 1.0)),
+    "odd_crop_and_pads_symmetric": ((37, 41, 29), (32, 44, 32), "symmetric", (0.0, 1.0)),
+    "odd_no_roi_pad_to_multiple": ((37, 41, 29), None, "symmetric", (0.0, 1.0)),
+}
+
+
+@pytest.mark.parametrize("name", list(IDENTITY_CASES))
+def test_identity_oracle_output_is_the_normalised_input_on_the_input_grid(tmp_path, name):
+    """A network that returns the t1c condition it was given, through the real synthesis path: the written t2w
+    equals the normalised t1c voxel for voxel, with the input's affine and header (no shift on any axis)."""
+    shape, roi, placement, data_range = IDENTITY_CASES[name]
+    affine = _oblique_affine()
+    affine[:3, :3] = affine[:3, :3] @ np.diag([1.0, 1.1, 2.5])  # anisotropic too
+    _case(tmp_path / "in", "BraTS-GLI-00007-000", ["t1n", "t1c", "t2f"], shape=shape, affine=affine)
+    record = _record(roi, placement=placement, data_range=list(data_range))
+    oracle = ConditionEcho(source=CONTRASTS.index("t1c"), multiple=4)  # no ROI: 37, 41, 29 -> 40, 44, 32
+    atomic_save({"model": oracle.state_dict(), "record": record}, tmp_path / "model.pt")
+    inferer = WaveletDiffusionInferer(make_scheduler("ddim", 2), data_range)
+    synth = _synthesizer(tmp_path, tmp_path / "in", roi_size=roi, record=record, inferer=inferer,
+                         scheduler=inferer.scheduler, network_factory=lambda record: oracle)
+    assert [r.status for r in synth.run()] == ["ok"]
+
+    folder = tmp_path / "in" / "BraTS-GLI-00007-000"
+    inputs = {c: nib.load(folder / f"BraTS-GLI-00007-000-{c}.nii.gz") for c in ("t1n", "t1c", "t2f")}
+    expected = ScaleIntensityRangePercentiles(0.1, 99.9, 0.0, 1.0, clip=True)(
+        torch.from_numpy(inputs["t1c"].get_fdata(dtype=np.float32))[None])[0].numpy()
+    expected[np.all([im.get_fdata() == 0 for im in inputs.values()], axis=0)] = 0
+    out = nib.load(tmp_path / "out" / "BraTS-GLI-00007-000-t2w.nii.gz")
+    data = out.get_fdata(dtype=np.float32)
+    assert data.shape == shape
+    np.testing.assert_array_equal(out.affine, inputs["t1c"].affine)
+    np.testing.assert_allclose(out.header.get_zooms(), inputs["t1c"].header.get_zooms())
+    assert np.abs(data - expected).max() <= 1e-6, np.abs(data - expected).max()
+    for axis in range(3):  # a one-voxel shift on any axis would be far outside that tolerance
+        assert np.abs(np.roll(expected, 1, axis=axis) - expected).max() > 0.5

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from monai.bundle import ConfigParser
 
-from wdm_bundle.engines import load_weights
+from wdm_bundle.engines import authors_record, load_weights
 from wdm_bundle.networks import WaveletDiffusionUNet
 from wdm_bundle.networks.reference_checkpoint import (
     REFERENCE_CONFIGS,
@@ -160,10 +161,17 @@ def test_import_forward_export_files(name, reference_spec, tmp_path):
     state = _state(reference_spec(name))
     src, dst, out = tmp_path / "published.pt", tmp_path / "models" / "model.pt", tmp_path / "exported.pt"
     torch.save(state, src)
-    assert _load_script("import_checkpoint").import_checkpoint(str(src), str(dst), iteration=1_200_000) == name
+    target = "t2f" if name.startswith("cwdm") else None
+    script = _load_script("import_checkpoint").import_checkpoint
+    if target:
+        with pytest.raises(ValueError, match="--target_contrast"):  # before the large file is read
+            script(str(src), str(dst), config=name)
+    assert script(str(src), str(dst), iteration=1_200_000, target_contrast=target) == name
     ckpt = torch.load(dst, map_location="cpu", weights_only=True)
     assert ckpt["iteration"] == 1_200_000 and ckpt["reference"]["config"] == name
     assert list(ckpt["model"]) == list(ckpt["ema"]) == [f"backbone.{k}" for k in state]
+    assert ckpt["record"] == authors_record(name, target) and ckpt["record"]["variance_type"] == "fixed_large"
+    _samples_with_the_authors_settings(name, dst, target)
 
     net = load_weights(build_reference_network(name), dst, "ema", strict=True).eval()
     x = torch.randn(1, net.in_channels, *FORWARD_SIZES[name])
@@ -179,6 +187,35 @@ def test_import_forward_export_files(name, reference_spec, tmp_path):
     assert list(exported) == list(state) and all(torch.equal(exported[k], state[k]) for k in state)
     with pytest.raises(FileExistsError):
         import_checkpoint_file(src, dst)
+
+
+def _samples_with_the_authors_settings(name, path, target):
+    """The inference configs with only the weight file given: the authors' sampler, data range, grid and network."""
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    parser = ConfigParser()
+    if target is None:
+        parser.read_config(str(configs / "inference.json"))
+        parser.update({"ckpt_path": str(path)})
+    else:
+        parser.read_config(str(configs / "inference_cwdm.json"))
+        parser.update({"unified": False, "ckpt_paths": {target: str(path)}})
+    scheduler = parser.get_parsed_content("noise_scheduler")
+    assert scheduler.num_train_timesteps == 1000 and scheduler.variance_type == "fixed_large"
+    assert scheduler.betas.dtype == torch.float64
+    assert scheduler.betas[0].item() == pytest.approx(1e-4, abs=1e-15) and scheduler.betas[-1].item() == 0.02
+    if target is None:
+        assert parser.get_parsed_content("inferer").data_range == (-1.0, 1.0)
+        size = list(REFERENCE_CONFIGS[name].image_size)
+        assert parser.get_parsed_content("generator").image_shape == (1, *size)
+        parser.get_parsed_content("initialize")  # strict load into the network rebuilt from the record
+        expected = build_reference_network(name, "meta").backbone
+        assert type(parser.get_parsed_content("network").backbone) is type(expected)
+    else:
+        synth = parser.get_parsed_content("synthesizer")
+        assert synth.data_range == (0.0, 1.0) and synth.roi_size == (224, 224, 160)
+        assert synth.record["placement"] == "end" and synth.contrasts == ["t1n", "t1c", "t2w", "t2f"]
+        net, _ = synth.network_for(target)  # strict load, 3 conditions, concatenation skips
+        assert net.in_channels == 32 and net.backbone.skip_mode == "concat"
 
 
 def test_registry_covers_spec_configs():

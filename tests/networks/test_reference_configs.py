@@ -1,4 +1,5 @@
-"""The published-size override configs merge onto train.json / inference.json and build the reference networks."""
+"""The published-size override configs merge onto train.json and build the reference networks; inference rebuilds
+them from the checkpoint's record alone."""
 
 from pathlib import Path
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
+from wdm_bundle.engines import atomic_save, authors_record
 from wdm_bundle.networks.reference_checkpoint import reference_shapes
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -25,11 +27,10 @@ def _parse(files, **overrides):
         return parser, parser.get_parsed_content("network_def")
 
 
-@pytest.mark.parametrize("base", ["inference.json", "train.json"])
 @pytest.mark.parametrize("name", sorted(OVERRIDES))
-def test_override_builds_reference_network(base, name, reference_spec):
+def test_override_builds_reference_network(name, reference_spec):
     config, size, spacing = OVERRIDES[name]
-    parser, net = _parse([base, f"{name}.json"])
+    parser, net = _parse(["train.json", f"{name}.json"])
     shapes = {k: tuple(v.shape) for k, v in net.backbone.state_dict().items()}
     assert shapes == reference_shapes(config)
     if config != "wdm_wavunet_256":  # the only one without a published specification
@@ -39,8 +40,20 @@ def test_override_builds_reference_network(base, name, reference_spec):
     assert parser.get_parsed_content("noise_scheduler").variance_type == "fixed_large"  # the reference's sampler
 
 
+@pytest.mark.parametrize("name", sorted(OVERRIDES))
+def test_inference_rebuilds_the_reference_network_from_the_record(name, tmp_path):
+    """An imported checkpoint records the authors' settings: inference.json needs no override at all."""
+    config, size, _ = OVERRIDES[name]
+    atomic_save({"model": {}, "record": authors_record(config)}, tmp_path / "model.pt")
+    parser, net = _parse(["inference.json"], ckpt_path=str(tmp_path / "model.pt"))
+    assert {k: tuple(v.shape) for k, v in net.backbone.state_dict().items()} == reference_shapes(config)
+    assert parser.get_parsed_content("record")["image_size"] == size
+    scheduler = parser.get_parsed_content("noise_scheduler")
+    assert scheduler.variance_type == "fixed_large" and scheduler.alphas_cumprod.dtype == torch.float64
+
+
 def test_cwdm_backbone_override(reference_spec):
-    _, net = _parse(["inference.json", "cwdm_unet_backbone.json"], **{"network_def#condition_channels": 3})
+    _, net = _parse(["train.json", "train_cwdm.json", "cwdm_unet_backbone.json"], target_contrast="t2f")
     assert net.in_channels == 32 and net.out_channels == 8 and net.backbone.skip_mode == "concat"
     assert {k: tuple(v.shape) for k, v in net.backbone.state_dict().items()} == reference_spec("cwdm_unet")
     net.check_image_size((224, 224, 160))

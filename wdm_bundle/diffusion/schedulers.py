@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import torch
-from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, RFlowScheduler, Scheduler
-from monai.utils import StrEnum
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, NoiseSchedules, RFlowScheduler, Scheduler
+from monai.networks.schedulers.ddpm import DDPMVarianceType
+from monai.utils import StrEnum, unsqueeze_right
 
-__all__ = ["Sampler", "Diffusion", "make_scheduler", "diffusion_of", "check_sampler", "velocity_from_x0",
-           "RFLOW_X0_MIN_T"]
+__all__ = [
+    "Sampler",
+    "Diffusion",
+    "make_scheduler",
+    "diffusion_of",
+    "check_sampler",
+    "velocity_from_x0",
+    "RFLOW_X0_MIN_T",
+    "Float64Schedule",
+    "DDPMScheduler64",
+    "DDIMScheduler64",
+    "VARIANCE_TYPES",
+]
 
 
 class Sampler(StrEnum):
@@ -58,6 +70,150 @@ def velocity_from_x0(x0: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tenso
     return (x0 - x_t) / frac.reshape(-1, *(1,) * (x0.ndim - 1)).to(x0.dtype)
 
 
+def _linear_beta64(num_train_timesteps: int, beta_start: float = 1e-4, beta_end: float = 2e-2) -> torch.Tensor:
+    return torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
+
+
+def _scaled_linear_beta64(num_train_timesteps: int, beta_start: float = 1e-4, beta_end: float = 2e-2) -> torch.Tensor:
+    return torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float64) ** 2
+
+
+def _sigmoid_beta64(
+    num_train_timesteps: int, beta_start: float = 1e-4, beta_end: float = 2e-2, sig_range: float = 6
+) -> torch.Tensor:
+    x = torch.linspace(-sig_range, sig_range, num_train_timesteps, dtype=torch.float64)
+    return torch.sigmoid(x) * (beta_end - beta_start) + beta_start
+
+
+def _cosine64(num_train_timesteps: int, s: float = 8e-3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x = torch.linspace(0, num_train_timesteps, num_train_timesteps + 1, dtype=torch.float64)
+    alphas_cumprod = torch.cos(((x / num_train_timesteps) + s) / (1 + s) * torch.pi * 0.5) ** 2
+    alphas_cumprod = alphas_cumprod / alphas_cumprod[0]
+    betas = torch.clip(1.0 - alphas_cumprod[1:] / alphas_cumprod[:-1], 0.0, 0.999)
+    alphas = 1.0 - betas
+    return betas, alphas, torch.cumprod(alphas, dim=0)
+
+
+#: float64 twins of MONAI's built-in `NoiseSchedules` (same names, arguments and formulas). A schedule
+#: registered elsewhere is computed by MONAI's function (usually float32) and only then widened.
+FLOAT64_SCHEDULES = {
+    "linear_beta": _linear_beta64,
+    "scaled_linear_beta": _scaled_linear_beta64,
+    "sigmoid_beta": _sigmoid_beta64,
+    "cosine": _cosine64,
+}
+
+
+class Float64Schedule:
+    """Mixin for MONAI's `Scheduler`: beta, alpha and cumulative-alpha tables built and kept in float64.
+
+    Why: the reference builds its schedule in float64 and casts only looked-up coefficients; MONAI's
+    float32 tables make DDPM's x0 weight at t = 0 0.99983 instead of 1, scaling every sample by 1.7e-4.
+    `add_noise`/`get_velocity` look up in float64 and cast the per-sample coefficients to the
+    samples' dtype (MONAI's versions overwrite the tables with the samples' dtype). `step` keeps
+    MONAI's code: a 0-d float64 coefficient times a float32 tensor is float32.
+    """
+
+    betas: torch.Tensor
+    alphas: torch.Tensor
+    alphas_cumprod: torch.Tensor
+    num_train_timesteps: int
+
+    def _set_float64_tables(self, schedule: str, schedule_args: dict) -> None:
+        args = dict(schedule_args, num_train_timesteps=self.num_train_timesteps)
+        tables = FLOAT64_SCHEDULES.get(schedule, NoiseSchedules[schedule])(**args)
+        if isinstance(tables, tuple):
+            betas, alphas, alphas_cumprod = (torch.as_tensor(v).to(torch.float64) for v in tables)
+        else:
+            betas = torch.as_tensor(tables).to(torch.float64)
+            alphas = 1.0 - betas
+            alphas_cumprod = torch.cumprod(alphas, dim=0)
+        self.betas, self.alphas, self.alphas_cumprod = betas, alphas, alphas_cumprod
+        self.one = torch.tensor(1.0, dtype=torch.float64)  # DDPM's alpha_bar_{-1}
+
+    def _sqrt_alphas(self, timesteps: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t) of ``timesteps`` (B,), computed in float64, returned
+        in ``like``'s dtype and device as (B, 1, ...) to broadcast over ``like`` (B, ...)."""
+        device = torch.device("cpu") if like.device.type == "mps" else like.device  # MPS has no float64
+        alpha_bar = self.alphas_cumprod.to(device)[timesteps.to(device)]
+        sqrt_alpha, sqrt_one_minus = alpha_bar.sqrt(), (1.0 - alpha_bar).sqrt()  # cast only after the lookup
+        return (
+            unsqueeze_right(sqrt_alpha.to(like.device, like.dtype), like.ndim),
+            unsqueeze_right(sqrt_one_minus.to(like.device, like.dtype), like.ndim),
+        )
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise for x0, noise (B, ...) and ``timesteps`` (B,)."""
+        sqrt_alpha, sqrt_one_minus = self._sqrt_alphas(timesteps, original_samples)
+        return sqrt_alpha * original_samples + sqrt_one_minus * noise
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """v = sqrt(alpha_bar_t) noise - sqrt(1 - alpha_bar_t) x0 for x0 ``sample``, noise (B, ...), t (B,)."""
+        sqrt_alpha, sqrt_one_minus = self._sqrt_alphas(timesteps, sample)
+        return sqrt_alpha * noise - sqrt_one_minus * sample
+
+
+class DDPMScheduler64(Float64Schedule, DDPMScheduler):
+    """MONAI's `DDPMScheduler` with float64 tables (`Float64Schedule`); same arguments."""
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        schedule: str = "linear_beta",
+        variance_type: str = DDPMVarianceType.FIXED_SMALL,
+        clip_sample: bool = True,
+        prediction_type: str = "epsilon",
+        clip_sample_min: float = -1.0,
+        clip_sample_max: float = 1.0,
+        **schedule_args,
+    ) -> None:
+        super().__init__(
+            num_train_timesteps,
+            schedule,
+            variance_type,
+            clip_sample,
+            prediction_type,
+            clip_sample_min,
+            clip_sample_max,
+            **schedule_args,
+        )
+        self._set_float64_tables(schedule, schedule_args)
+
+
+class DDIMScheduler64(Float64Schedule, DDIMScheduler):
+    """MONAI's `DDIMScheduler` with float64 tables (`Float64Schedule`); same arguments."""
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        schedule: str = "linear_beta",
+        clip_sample: bool = True,
+        set_alpha_to_one: bool = True,
+        steps_offset: int = 0,
+        prediction_type: str = "epsilon",
+        clip_sample_min: float = -1.0,
+        clip_sample_max: float = 1.0,
+        **schedule_args,
+    ) -> None:
+        super().__init__(
+            num_train_timesteps,
+            schedule,
+            clip_sample,
+            set_alpha_to_one,
+            steps_offset,
+            prediction_type,
+            clip_sample_min,
+            clip_sample_max,
+            **schedule_args,
+        )
+        self._set_float64_tables(schedule, schedule_args)
+        self.final_alpha_cumprod = self.one.clone() if set_alpha_to_one else self.alphas_cumprod[0]
+
+
+#: DDPM posterior variances `make_scheduler` accepts (MONAI's ``learned*`` types need a variance
+#: output, which the wavelet networks do not have).
+VARIANCE_TYPES = (DDPMVarianceType.FIXED_SMALL.value, DDPMVarianceType.FIXED_LARGE.value)
+
 #: Default number of sampling steps per sampler (None = all T steps).
 DEFAULT_STEPS = {Sampler.DDPM: None, Sampler.DDIM: 50, Sampler.RFLOW: 30}
 
@@ -69,18 +225,25 @@ def make_scheduler(
     schedule: str = "linear_beta",
     beta_start: float = 1e-4,
     beta_end: float = 0.02,
-    variance_type: str = "fixed_small",
+    variance_type: str = DDPMVarianceType.FIXED_LARGE,
     timestep_sampling: str = "uniform",
     timestep_loc: float = 0.0,
     timestep_scale: float = 1.0,
 ) -> Scheduler:
     """Build a MONAI scheduler for wavelet diffusion, timesteps already set.
 
-    ``ddpm``/``ddim`` predict x0 (``prediction_type="sample"``) with MONAI's own clipping off
+    ``ddpm``/``ddim`` are `DDPMScheduler64`/`DDIMScheduler64` (float64 tables, as the reference)
+    predicting x0 (``prediction_type="sample"``) with MONAI's own clipping off
     (``clip_sample=False``): the sampler clamps x0 in image space, which MONAI cannot do because
     the scheduler never sees the wavelet transform. ``rflow`` is MONAI's `RFlowScheduler`
     (velocity prediction, discrete timesteps drawn uniformly for training, evenly spaced from T
     down for sampling, no resolution-dependent timestep shift).
+
+    The returned scheduler has ``schedule_config``: the keyword arguments of this function that
+    rebuild its training schedule, so ``make_scheduler(sampler, steps, **s.schedule_config)`` gives
+    another sampler of the same model. DDPM/DDIM: ``num_train_timesteps``, ``schedule``,
+    ``beta_start``, ``beta_end``, ``variance_type``; RFlow: ``num_train_timesteps``,
+    ``timestep_sampling``, ``timestep_loc``, ``timestep_scale``.
 
     Args:
         sampler: ``"ddpm"``, ``"ddim"`` or ``"rflow"``; for training, the objective (`Diffusion`):
@@ -89,35 +252,55 @@ def make_scheduler(
             DDPM with fewer than T steps uses MONAI's strided DDPM.
         num_train_timesteps: T (paper: 1000).
         schedule, beta_start, beta_end: DDPM/DDIM noise schedule (paper: linear 1e-4 -> 0.02).
-        variance_type: DDPM posterior variance (``fixed_small`` or ``fixed_large``).
+        variance_type: DDPM posterior variance: ``fixed_large`` (sigma_t^2 = beta_t, the reference's)
+            or ``fixed_small`` (the posterior's beta~_t). DDIM ignores it.
         timestep_sampling, timestep_loc, timestep_scale: RFlow only: how training draws t
             (MONAI's ``sample_method``, ``"uniform"`` or ``"logit-normal"``: t/T =
             sigmoid(N(loc, scale)); loc > 0 trains more on noisy inputs). DDPM training draws t
             uniformly, as the paper.
     """
-    sampler = Sampler(Sampler.RFLOW if sampler == Diffusion.RFLOW_X0 else sampler)  # training: the objective's scheduler
+    # training: the objective's scheduler
+    sampler = Sampler(Sampler.RFLOW if sampler == Diffusion.RFLOW_X0 else sampler)
+    if variance_type not in VARIANCE_TYPES:
+        raise ValueError(f"variance_type must be one of {', '.join(VARIANCE_TYPES)}, got '{variance_type}'.")
+    num_train_timesteps = int(num_train_timesteps)
     default = DEFAULT_STEPS[sampler]
-    steps = (num_train_timesteps if default is None else default) if num_inference_steps is None else int(num_inference_steps)
+    steps = num_train_timesteps if default is None else default
+    steps = steps if num_inference_steps is None else int(num_inference_steps)
     if not 1 <= steps <= num_train_timesteps:
         raise ValueError(f"num_inference_steps must be in [1, {num_train_timesteps}], got {steps}.")
+    scheduler: Scheduler
     if sampler == Sampler.RFLOW:
-        scheduler: Scheduler = RFlowScheduler(num_train_timesteps=num_train_timesteps, use_discrete_timesteps=True,
-                                              sample_method=timestep_sampling, loc=float(timestep_loc),
-                                              scale=float(timestep_scale))
-    else:
-        common = dict(
+        config: dict = {
+            "num_train_timesteps": num_train_timesteps,
+            "timestep_sampling": str(timestep_sampling),
+            "timestep_loc": float(timestep_loc),
+            "timestep_scale": float(timestep_scale),
+        }
+        scheduler = RFlowScheduler(
             num_train_timesteps=num_train_timesteps,
-            schedule=schedule,
-            beta_start=beta_start,
-            beta_end=beta_end,
-            prediction_type="sample",
-            clip_sample=False,
+            use_discrete_timesteps=True,
+            sample_method=config["timestep_sampling"],
+            loc=config["timestep_loc"],
+            scale=config["timestep_scale"],
         )
+    else:
+        config = {
+            "num_train_timesteps": num_train_timesteps,
+            "schedule": str(schedule),
+            "beta_start": float(beta_start),
+            "beta_end": float(beta_end),
+            "variance_type": str(DDPMVarianceType(variance_type).value),
+        }
+        table = {k: config[k] for k in ("num_train_timesteps", "schedule", "beta_start", "beta_end")}
         if sampler == Sampler.DDPM:
-            scheduler = DDPMScheduler(variance_type=variance_type, **common)
+            scheduler = DDPMScheduler64(
+                variance_type=config["variance_type"], prediction_type="sample", clip_sample=False, **table
+            )
         else:
-            scheduler = DDIMScheduler(**common)
+            scheduler = DDIMScheduler64(prediction_type="sample", clip_sample=False, **table)
     scheduler.set_timesteps(steps)
+    scheduler.schedule_config = config
     return scheduler
 
 

@@ -6,15 +6,30 @@ from wdm_bundle.engines.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_weights,
+    random_state,
+    set_random_state,
     trained_diffusion,
 )
 from wdm_bundle.engines.generation import VolumeGenerator, centered_affine, sample_seed
-from wdm_bundle.engines.handlers import IterationBudget, PreviewSampler, ReshuffleOnRestart
+from wdm_bundle.engines.handlers import IterationBudget, PreviewSampler
 from wdm_bundle.engines.synthesis import CaseError, CaseResult, ContrastSynthesizer, write_like
 from wdm_bundle.engines.prepare_batch import SynthesisPrepareBatch, WaveletPrepareBatch, synthesis_inputs
 from wdm_bundle.engines.tracking import connect_tracking
+from wdm_bundle.engines.record import (
+    LEGACY_RECORDS,
+    Task,
+    authors_record,
+    load_record,
+    read_record,
+    recorded_network,
+    schedule_settings,
+    training_record,
+    validate_record,
+)
 
 __all__ = [
-    "WaveletPrepareBatch", "SynthesisPrepareBatch", "synthesis_inputs", "IterationBudget", "PreviewSampler", "ReshuffleOnRestart", "connect_tracking", "TrainingCheckpointer", "atomic_save",
-    "latest_checkpoint", "list_checkpoints", "load_weights", "trained_diffusion", "VolumeGenerator", "ContrastSynthesizer", "CaseError", "CaseResult", "write_like", "centered_affine", "sample_seed",
+    "WaveletPrepareBatch", "SynthesisPrepareBatch", "synthesis_inputs", "IterationBudget", "PreviewSampler", "connect_tracking", "TrainingCheckpointer", "atomic_save",
+    "latest_checkpoint", "list_checkpoints", "load_weights", "random_state", "set_random_state", "trained_diffusion", "VolumeGenerator", "ContrastSynthesizer", "CaseError", "CaseResult", "write_like", "centered_affine", "sample_seed",
+    "LEGACY_RECORDS", "Task", "authors_record", "load_record", "read_record", "recorded_network", "schedule_settings",
+    "training_record", "validate_record",
 ]

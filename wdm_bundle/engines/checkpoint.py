@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.distributed as dist
 from ignite.engine import Engine, Events
 from monai.networks.schedulers import Scheduler
 from torch import nn
@@ -22,7 +25,7 @@ from wdm_bundle.diffusion.schedulers import Diffusion, check_sampler
 from wdm_bundle.utils import as_bool, atomic_write
 
 __all__ = ["atomic_save", "list_checkpoints", "latest_checkpoint", "TrainingCheckpointer", "load_weights",
-           "trained_diffusion"]
+           "trained_diffusion", "random_state", "set_random_state"]
 
 logger = logging.getLogger(__name__)
 _CKPT = re.compile(r"^checkpoint_(\d+)\.pt$")
@@ -38,6 +41,69 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> str:
             os.fsync(f.fileno())
 
     return str(atomic_write(path, write))
+
+
+def random_state(generator: torch.Generator | None = None) -> dict[str, Any]:
+    """This process's random state: torch (CPU, every CUDA device), numpy, ``random`` and ``generator`` (if given).
+
+    Tensors and plain types only, so a checkpoint holding it loads with ``weights_only=True``.
+    """
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached)},
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
+    }
+    if generator is not None:
+        state["generator"] = generator.get_state()
+    return state
+
+
+def set_random_state(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
+    """Restore a `random_state` (its ``generator`` state into ``generator``, if both are there)."""
+    torch.set_rng_state(state["torch"].cpu())
+    cuda = [s.cpu() for s in state.get("cuda", [])]
+    if cuda and torch.cuda.is_available():
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            logger.warning(f"random state of {len(cuda)} CUDA device(s) saved, {torch.cuda.device_count()} here: "
+                           "the CUDA random state is not restored.")
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"].tolist()), p["gauss_next"]))
+    if generator is not None and "generator" in state:
+        generator.set_state(state["generator"].cpu())
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_ranks(obj: Any) -> list[Any]:
+    """``obj`` of every rank, in rank order (a collective in a distributed run: every rank must call it)."""
+    _, world = _rank_and_world()
+    if world == 1:
+        return [obj]
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _data_settings(loader: Any) -> dict[str, Any] | None:
+    """Batching and sampler settings that fix the data order (None without a data loader)."""
+    if loader is None or not hasattr(loader, "batch_size"):
+        return None
+    sampler = getattr(loader, "sampler", None)
+    return {"batch_size": loader.batch_size, "drop_last": bool(getattr(loader, "drop_last", False)),
+            **(sampler.settings() if hasattr(sampler, "settings") else {})}
 
 
 def list_checkpoints(save_dir: str | os.PathLike) -> list[Path]:
@@ -64,6 +130,15 @@ class TrainingCheckpointer:
     objective ``diffusion``, so inference refuses a sampler that does not fit it and a resumed run
     refuses to switch objective.
 
+    Resume is exact: checkpoints also hold every rank's random state (`random_state`, with the
+    training data loader's ``generator``) and the data settings; on resume, at the first epoch
+    start (after every start-up handler), the random state is restored and a `ResumableSampler`
+    is set to the batch the run stopped before, so data order, noise, timestep (and cWDM target)
+    draws, EMA and optimizer continue as if never interrupted. What prevents that (an older
+    checkpoint, another sampler, a data loader without ``generator``, changed data settings or
+    world size) is logged as a warning. In a distributed run every rank must attach it (``enabled``
+    on one), as saving gathers the ranks' random states.
+
     Args:
         save_dir: output folder (the bundle's ``models/``).
         network: the trained network (DDP/compile wrappers are unwrapped for saving).
@@ -77,6 +152,11 @@ class TrainingCheckpointer:
         map_location: device for loading on resume.
         enabled: False on non-zero distributed ranks: they load but never write.
         diffusion: training objective (``"ddpm"``, ``"rflow"`` or ``"rflow_x0"``), recorded in every file.
+        ema_handler: the ignite `EMAHandler` that updates ``ema_model``: on resume its momentum warm-up
+            goes on from the checkpoint's iteration (ignite's own restarts it from 0).
+        record: the training record (`wdm_bundle.engines.training_record`: every setting the weights
+            depend on), stored in every file; inference reads it back, and a resumed run whose
+            settings differ from the checkpoint's record is refused, naming each difference.
     """
 
     def __init__(
@@ -92,6 +172,8 @@ class TrainingCheckpointer:
         map_location: str | torch.device | None = "cpu",
         enabled: bool = True,
         diffusion: str = Diffusion.DDPM,
+        ema_handler: Any = None,
+        record: dict[str, Any] | None = None,
     ) -> None:
         if save_every < 1 or n_saved < 1:
             raise ValueError(f"save_every and n_saved must be >= 1, got {save_every}, {n_saved}.")
@@ -109,6 +191,9 @@ class TrainingCheckpointer:
         self.enabled = as_bool(enabled, "enabled")
         self.diffusion = Diffusion(diffusion).value
         self._last_saved = -1
+        self.ema_handler = ema_handler
+        self.record = dict(record) if record is not None else None
+        self._pending: tuple[Path, Any, Any] | None = None  # (checkpoint, random states, data settings) to restore
 
     def _state_objects(self, engine: Engine) -> dict[str, Any]:
         objects = {k: unwrap_model(v) if isinstance(v, nn.Module) else v for k, v in self.objects.items()}
@@ -132,6 +217,7 @@ class TrainingCheckpointer:
                 )
             for p in existing:
                 p.unlink()
+        engine.add_event_handler(Events.EPOCH_STARTED, self._restore_data_and_random_state)
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.save_every), self.save)
         engine.add_event_handler(Events.COMPLETED, self.save)
 
@@ -142,6 +228,14 @@ class TrainingCheckpointer:
         if trained != self.diffusion:
             raise ValueError(f"checkpoint '{path}' was trained with diffusion='{trained}' but this run uses "
                              f"diffusion='{self.diffusion}'; resume with --diffusion {trained} or start a new run.")
+        if self.record is not None and isinstance(state.get("record"), dict):
+            from wdm_bundle.engines.record import compare_records  # why: record -> networks -> checkpoint import cycle
+
+            diff = compare_records({k: v for k, v in self.record.items() if v is not None}, state["record"])
+            if diff:
+                raise ValueError(f"checkpoint '{path}' was trained with other settings than this run: "
+                                 + "; ".join(diff).replace(" given, ", " now, ")
+                                 + ". Resume with the checkpoint's settings or start a new run.")
         objects = self._state_objects(engine)
         missing = [k for k in objects if k not in state]
         if missing:
@@ -153,20 +247,62 @@ class TrainingCheckpointer:
         if max_epochs is not None and (engine.state.max_epochs is None or engine.state.max_epochs < max_epochs):
             engine.state.max_epochs = max_epochs
         self._last_saved = engine.state.iteration
+        self._pending = (Path(path), state.get("rng"), state.get("data"))
         logger.info(f"resumed from '{path}' at iteration {engine.state.iteration}.")
+
+    def _restore_data_and_random_state(self, engine: Engine) -> None:
+        """On the first epoch start after `load`: continue the data order and the random draws where they stopped."""
+        if self._pending is None:
+            return
+        (path, rng, data), self._pending = self._pending, None
+        warmup = getattr(self.ema_handler, "momentum_scheduler", None)
+        if warmup is not None:  # counts its own calls, once an iteration: the iterations trained so far
+            warmup.event_index = engine.state.iteration
+        loader = engine.state.dataloader
+        sampler, generator = getattr(loader, "sampler", None), getattr(loader, "generator", None)
+        problems = []
+        if hasattr(sampler, "resume_at") and getattr(loader, "batch_size", None) is not None:
+            sampler.resume_at(engine.state.iteration, loader.batch_size, loader.drop_last)
+        else:
+            problems.append(f"the data loader's sampler ({type(sampler).__name__}) cannot start mid-pass "
+                            "(use wdm_bundle.data.ResumableSampler), so the data order differs")
+        if loader is not None and generator is None:
+            problems.append("the data loader has no generator of its own, so its iterators draw from the global "
+                            "random state")
+        now = _data_settings(loader)
+        if data is not None and now is not None and data != now:
+            changed = {k: (data.get(k), now.get(k)) for k in data.keys() | now.keys() if data.get(k) != now.get(k)}
+            problems.append(f"the data settings changed (saved, now): {changed}")
+        rank, world = _rank_and_world()
+        if rng is None:
+            problems.append("the checkpoint holds no random state (written by an older version)")
+        elif len(rng) != world:
+            problems.append(f"the checkpoint holds the random state of {len(rng)} process(es), this run has {world}")
+        else:
+            set_random_state(rng[rank], generator)
+        if problems:
+            logger.warning(f"resume from '{path}' is not exact, the run will differ from an uninterrupted one: "
+                           + "; ".join(problems) + ".")
 
     def save(self, engine: Engine) -> None:
         iteration = engine.state.iteration
-        if not self.enabled or iteration == self._last_saved or iteration == 0:
+        if iteration == self._last_saved or iteration == 0:
+            return
+        loader = engine.state.dataloader
+        rng = _all_ranks(random_state(getattr(loader, "generator", None)))  # every rank, so before `enabled`
+        self._last_saved = iteration
+        if not self.enabled:
             return
         objects = self._state_objects(engine)
-        atomic_save({**{k: v.state_dict() for k, v in objects.items()}, "diffusion": self.diffusion},
+        record = {} if self.record is None else {"record": self.record}
+        atomic_save({**{k: v.state_dict() for k, v in objects.items()}, "diffusion": self.diffusion, "rng": rng,
+                     "data": _data_settings(loader), **record},
                     self.save_dir / f"checkpoint_{iteration:08d}.pt")
         weights = {k: objects[k].state_dict() for k in ("model", "ema") if k in objects}
-        atomic_save({**weights, "iteration": iteration, "diffusion": self.diffusion}, self.save_dir / "model.pt")
+        atomic_save({**weights, "iteration": iteration, "diffusion": self.diffusion, **record},
+                    self.save_dir / "model.pt")
         for old in list_checkpoints(self.save_dir)[: -self.n_saved]:
             old.unlink()
-        self._last_saved = iteration
         logger.info(f"saved checkpoint at iteration {iteration} to '{self.save_dir}'.")
 
 

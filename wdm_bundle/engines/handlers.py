@@ -16,7 +16,7 @@ from wdm_bundle.diffusion import WaveletDiffusionInferer, diffusion_of, make_sch
 from wdm_bundle.utils import as_bool
 from wdm_bundle.visualize import save_slices_png, slices_grid
 
-__all__ = ["IterationBudget", "PreviewSampler", "ReshuffleOnRestart"]
+__all__ = ["IterationBudget", "PreviewSampler"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +84,11 @@ class PreviewSampler:
         self.every = every
         self.num_samples = num_samples
         sampler = "rflow" if diffusion_of(inferer.scheduler) == "rflow" else "ddim"
-        self.scheduler = make_scheduler(
-            sampler, num_inference_steps, num_train_timesteps=inferer.scheduler.num_train_timesteps
-        )
+        config = getattr(inferer.scheduler, "schedule_config", None)
+        if config is None:
+            raise ValueError("the inferer's scheduler has no schedule_config; build it with make_scheduler.")
+        # the training schedule (T, betas), not make_scheduler's defaults: previews show what inference will
+        self.scheduler = make_scheduler(sampler, num_inference_steps, **config)
         self.seed = seed
         self.summary_writer = summary_writer
         self.dataset = dataset
@@ -142,23 +144,3 @@ class PreviewSampler:
             return None, None
         return condition, unwrap_model(self.network).wavelet.decode(x0)
 
-
-class ReshuffleOnRestart:
-    """Give a `DistributedSampler` a new epoch each time the trainer restarts the data loader.
-
-    MONAI's workflow calls ``set_epoch`` only when an ignite epoch starts; with ``epoch_length``
-    longer than one pass over the data, every further pass inside that epoch would repeat the same
-    order (a plain shuffling `DataLoader` draws a new one each pass). The iteration count is the
-    same on every rank, so all ranks still agree on the permutation.
-    """
-
-    def __init__(self, sampler) -> None:
-        if not hasattr(sampler, "set_epoch"):
-            raise TypeError(f"sampler must have set_epoch (a DistributedSampler), got {type(sampler).__name__}.")
-        self.sampler = sampler
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.DATALOADER_STOP_ITERATION, self)
-
-    def __call__(self, engine: Engine) -> None:
-        self.sampler.set_epoch(engine.state.iteration)

@@ -6,23 +6,27 @@ import json
 import logging
 import os
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.networks.schedulers import Scheduler
-from monai.transforms import DivisiblePad, ResizeWithPadOrCrop, ScaleIntensityRangePercentiles
+from monai.transforms import Compose, ScaleIntensityRangePercentiles
 from torch import nn
 from tqdm.auto import tqdm
 
 from wdm_bundle.data.datalists import find_case_files
+from wdm_bundle.data.transforms import invert_framing, synthesis_preprocessing
 from wdm_bundle.diffusion import WaveletDiffusionInferer, unwrap_model
 from wdm_bundle.engines.checkpoint import load_weights
 from wdm_bundle.engines.generation import sample_seed
 from wdm_bundle.engines.prepare_batch import synthesis_inputs
+from wdm_bundle.engines.record import Task, read_record, recorded_network
 from wdm_bundle.utils import as_bool, atomic_write, autocast_dtype
 from wdm_bundle.visualize import save_slices_png
 
@@ -56,29 +60,29 @@ def write_like(data: np.ndarray, reference: nib.Nifti1Image, path: str | os.Path
 class ContrastSynthesizer:
     """For each case folder ``<input_dir>/<case>/<case>-<contrast>.nii.gz``, synthesise the one missing contrast.
 
-    Per case: find the missing contrast, pick its model (or the unified one), normalise each input
-    to [0, 1] (percentile clip), pad/crop to ``roi_size`` (or pad to the network's multiple), sample,
-    undo the pad/crop, zero the background where all inputs are zero, and write
+    Per case: find the missing contrast, pick its model (or the unified one), preprocess the inputs
+    exactly as in training (`wdm_bundle.data.synthesis_preprocessing` with the record's contrasts,
+    ``roi_size``, ``placement``, ``clip_percentiles`` and ``data_range``), sample, undo the pad/crop
+    exactly (MONAI `Invertd`: the output lies on the input grid voxel for voxel), map the data range
+    back to [0, 1], zero the background where all inputs are zero, and write
     ``<output_dir>/<case>-<missing>.nii.gz`` with the inputs' affine and header. A bad case is
     reported and skipped; after all cases a summary is logged and written to
     ``synthesis_summary.json``, and a RuntimeError is raised if any case failed.
 
     Args:
-        network_factory: makes a network given ``condition_channels`` and ``extra_channels``
-            (a config item with ``"_mode_": "callable"``).
-        contrasts: all contrast names in slot order, e.g. ["t1n", "t1c", "t2w", "t2f"].
+        record: the training record of the model(s) (`load_record`): contrasts, framing,
+            normalisation, data range and network; a per-contrast model's own record gives its network.
+        network_factory: ``network_factory(record=...)`` builds the network of a record
+            (`recorded_network` as a config item with ``"_mode_": "callable"``); default: `recorded_network`.
         unified: one model for any missing contrast (``ckpt_path``) instead of one per target
             (``ckpt_paths[missing]``).
-        roi_size: (D, H, W) the models were trained on, or None to pad to the network's multiple.
-        clip_percentiles: per-volume intensity clip before scaling to [0, 1].
         amp, amp_dtype: run the network under autocast, in ``amp_dtype`` (``"bfloat16"``,
             ``"float16"``; None = bf16 on CPU, fp16 on CUDA).
     """
 
     def __init__(
         self,
-        network_factory: Callable[..., nn.Module],
-        contrasts: Sequence[str],
+        record: Mapping[str, Any],
         inferer: WaveletDiffusionInferer,
         scheduler: Scheduler,
         input_dir: str | os.PathLike,
@@ -86,8 +90,7 @@ class ContrastSynthesizer:
         unified: bool = True,
         ckpt_path: str | os.PathLike | None = None,
         ckpt_paths: Mapping[str, str | os.PathLike] | None = None,
-        roi_size: Sequence[int] | None = (224, 224, 160),
-        clip_percentiles: Sequence[float] = (0.1, 99.9),
+        network_factory: Callable[..., nn.Module] | None = None,
         device: str | torch.device = "cpu",
         seed: int = 0,
         use_ema: bool = True,
@@ -98,14 +101,18 @@ class ContrastSynthesizer:
         amp_dtype: str | None = None,
     ) -> None:
         unified = as_bool(unified, "unified")
-        if len(contrasts) < 2 or len(set(contrasts)) != len(contrasts):
-            raise ValueError(f"contrasts must name at least 2 distinct contrasts, got {list(contrasts)}.")
         if unified and not ckpt_path:
             raise ValueError("unified=True needs ckpt_path (the unified model's weights).")
         if not unified and not ckpt_paths:
             raise ValueError("unified=False needs ckpt_paths: {contrast: weights of the model that synthesises it}.")
-        self.network_factory = network_factory
-        self.contrasts = list(contrasts)
+        self.record = dict(record)
+        if self.record.get("task") != Task.SYNTHESIS:
+            raise ValueError(f"the record is of a {self.record.get('task')} model, not a synthesis (cWDM) model.")
+        self.contrasts = list(self.record["contrasts"])
+        self.data_range = tuple(self.record["data_range"])
+        if tuple(inferer.data_range) != self.data_range:
+            raise ValueError(f"the inferer clamps to {inferer.data_range}, the model was trained on {self.data_range}.")
+        self.network_factory = network_factory or recorded_network
         self.inferer = inferer
         self.scheduler = scheduler
         self.input_dir = Path(input_dir)
@@ -113,10 +120,9 @@ class ContrastSynthesizer:
         self.unified = unified
         self.ckpt_path = ckpt_path
         self.ckpt_paths = dict(ckpt_paths or {})
-        self.roi_size = tuple(int(s) for s in roi_size) if roi_size else None
-        self.normalize = ScaleIntensityRangePercentiles(
-            lower=clip_percentiles[0], upper=clip_percentiles[1], b_min=0.0, b_max=1.0, clip=True
-        )
+        self.roi_size = tuple(self.record["roi_size"]) if self.record["roi_size"] else None
+        lo, hi = self.record["clip_percentiles"]
+        self.normalize = ScaleIntensityRangePercentiles(lower=lo, upper=hi, b_min=0.0, b_max=1.0, clip=True)
         self.device = torch.device(device)
         self.seed = seed
         self.use_ema = as_bool(use_ema, "use_ema")
@@ -125,27 +131,48 @@ class ContrastSynthesizer:
         self.amp_dtype = autocast_dtype(amp_dtype, self.device)
         self.save_png = as_bool(save_png, "save_png")
         self.progress = as_bool(progress, "progress")
-        self._networks: dict[str, nn.Module] = {}
+        self._networks: dict[str, tuple[nn.Module, Compose]] = {}
 
-    def network_for(self, missing: str) -> nn.Module:
-        """The (cached) network that synthesises ``missing``, weights loaded."""
+    def _model_record(self, missing: str, path: Path) -> dict[str, Any]:
+        """The record of the model file that synthesises ``missing`` (the shared one if the file has none)."""
+        own = read_record(path)
+        k = len(self.contrasts)
+        if own is None:  # an older file: the shared (assumed) settings; a per-target model has K-1 conditions
+            network = dict(self.record["network"])
+            if not self.unified:
+                network.update(condition_channels=k - 1, extra_channels=0)
+            own = {**self.record, "network": network, "target_contrast": None if self.unified else missing}
+        expected = None if self.unified else missing
+        if own["target_contrast"] != expected:
+            what = "the unified model (any target)" if expected is None else f"the '{missing}' model"
+            raise CaseError(f"'{path}' was trained to synthesise {own['target_contrast'] or 'any contrast'}, but is "
+                            f"configured as {what}; check --unified / --ckpt_paths.")
+        return own
+
+    def network_for(self, missing: str) -> tuple[nn.Module, Compose]:
+        """The (cached) network that synthesises ``missing``, weights loaded, and its preprocessing."""
         key = "unified" if self.unified else missing
         if key not in self._networks:
-            k = len(self.contrasts)
-            if self.unified:
-                net, path = self.network_factory(condition_channels=k, extra_channels=k), self.ckpt_path
-            else:
-                if missing not in self.ckpt_paths:
-                    raise CaseError(f"no model for target '{missing}': ckpt_paths has {sorted(self.ckpt_paths)}.")
-                net, path = self.network_factory(condition_channels=k - 1, extra_channels=0), self.ckpt_paths[missing]
+            if not self.unified and missing not in self.ckpt_paths:
+                raise CaseError(f"no model for target '{missing}': ckpt_paths has {sorted(self.ckpt_paths)}.")
+            path = Path(self.ckpt_path if self.unified else self.ckpt_paths[missing])
+            if not path.is_file():
+                raise CaseError(f"checkpoint '{path}' does not exist; train first or pass --ckpt_path/--ckpt_dir.")
+            record = self._model_record(missing, path)
+            net = self.network_factory(record=record)
             try:
                 load_weights(net, path, key="ema" if self.use_ema else "model", sampler=self.scheduler,
                              diffusion=self.inferer.diffusion)
             except FileNotFoundError as e:
                 raise CaseError(str(e)) from e
+            model = unwrap_model(net)
             if self.roi_size:
-                net.check_image_size(self.roi_size, name="roi_size")
-            self._networks[key] = net.to(self.device).eval()
+                model.check_image_size(self.roi_size, name="roi_size")
+            preprocessing = synthesis_preprocessing(
+                self.contrasts, self.roi_size, record["placement"], record["clip_percentiles"], self.data_range,
+                size_multiple=model.image_size_multiple, load=False, stack_key=None,
+            )
+            self._networks[key] = (net.to(self.device).eval(), preprocessing)
         return self._networks[key]
 
     def cases(self) -> list[Path]:
@@ -210,29 +237,26 @@ class ContrastSynthesizer:
 
     @torch.no_grad()
     def synthesize(self, arrays: Mapping[str, np.ndarray], missing: str, case: str = "") -> np.ndarray:
-        """Synthesise ``missing`` from raw input arrays (D, H, W); returns (D, H, W) in [0, 1], background 0."""
-        shape = next(iter(arrays.values())).shape
-        net = self.network_for(missing)
-        slots = []
-        for c in self.contrasts:
-            vol = torch.from_numpy(arrays[c])[None] if c in arrays else torch.zeros(1, *shape)
-            slots.append(self.normalize(vol) if c in arrays else vol)
-        stack = torch.cat(slots)[None]  # (1, K, D, H, W)
-        if self.roi_size:
-            fit = ResizeWithPadOrCrop(self.roi_size)
-        else:
-            fit = DivisiblePad(k=unwrap_model(net).image_size_multiple)
-        stack = torch.as_tensor(fit(stack[0]))[None].to(self.device)
+        """Synthesise ``missing`` from raw input arrays (D, H, W): (D, H, W) in [0, 1] on their grid, background 0."""
+        net, preprocessing = self.network_for(missing)
+        model = unwrap_model(net)
+        present = [c for c in self.contrasts if c in arrays]
+        framed = preprocessing({c: MetaTensor(torch.from_numpy(np.asarray(arrays[c], np.float32))) for c in present})
+        ref = framed[present[0]]
+        slots = [framed[c].as_tensor() if c in framed else torch.zeros_like(ref.as_tensor()) for c in self.contrasts]
+        stack = torch.cat(slots)[None].to(self.device)  # (1, K, D', H', W'); the target's slot is never a condition
         targets = torch.tensor([self.contrasts.index(missing)], device=self.device)
-        _, condition = synthesis_inputs(unwrap_model(net).wavelet, stack, targets, unified=self.unified)
+        _, condition = synthesis_inputs(model.wavelet, stack, targets, unified=self.unified)
         seed = sample_seed(self.seed, zlib.crc32(case.encode()))
-        noise = torch.randn((1, unwrap_model(net).out_channels, *condition.shape[2:]), generator=torch.Generator().manual_seed(seed)).to(self.device)
+        shape = (1, model.out_channels, *condition.shape[2:])
+        noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
         generator = torch.Generator(self.device).manual_seed(seed)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-            image = self.inferer.sample(noise, net, scheduler=self.scheduler, conditioning=condition,
+            image = self.inferer.sample(noise.to(self.device), net, scheduler=self.scheduler, conditioning=condition,
                                         generator=generator, verbose=False)
-        out = ResizeWithPadOrCrop(shape)(image[0].float().cpu())[0]  # undo pad/crop: back to the case's grid
-        out = torch.as_tensor(out).numpy()
+        lo, hi = self.data_range
+        image = (image[0].float().cpu() - lo) / (hi - lo)  # the record's data range -> [0, 1]
+        out = invert_framing(image, ref, preprocessing, present[0])[0].numpy()  # exact inverse of the pad/crop
         background = np.all([a == 0 for a in arrays.values()], axis=0)
         out[background] = 0.0
         return out

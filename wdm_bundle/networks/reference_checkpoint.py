@@ -299,13 +299,21 @@ def import_checkpoint_file(
     config: str | None = None,
     iteration: int = 0,
     overwrite: bool = False,
+    target_contrast: str | None = None,
 ) -> str:
     """Published checkpoint ``src`` -> bundle weight file ``dst`` ("model" = "ema" = the weights).
 
-    The file also records ``"reference": {"config", "source", "sha256"}``. Returns the config name.
+    The file also holds the authors' training record (`wdm_bundle.engines.authors_record`: schedule,
+    variance, data range, framing, network...), so inference needs no other setting, and
+    ``"reference": {"config", "source", "sha256"}``. A cWDM checkpoint synthesises one contrast:
+    ``target_contrast`` (t1n, t1c, t2w or t2f) is required for it. Returns the config name.
     """
+    from wdm_bundle.engines.record import authors_record
+
     if config is not None:
         _get_config(config)  # a wrong name fails before a large file is read
+        if config.startswith("cwdm"):
+            authors_record(config, target_contrast)  # a missing or wrong target fails before the file is read
     src, dst = _check_paths(src, dst, overwrite)
     sha = _sha256(src)
     state = torch.load(src, map_location="cpu", weights_only=True)
@@ -315,8 +323,9 @@ def import_checkpoint_file(
         logger.info(f"'{src}' is the published file {known[0]} (sha256 {sha}).")
         if known[1] != config:
             logger.warning(f"the published file {known[0]} is '{known[1]}', imported as '{config}'.")
-    atomic_save({"model": weights, "ema": weights, "iteration": int(iteration),
-                 "reference": {"config": config, "source": src.name, "sha256": sha}}, dst)
+    record = authors_record(config, target_contrast if config.startswith("cwdm") else None)
+    atomic_save({"model": weights, "ema": weights, "iteration": int(iteration), "diffusion": record["diffusion"],
+                 "record": record, "reference": {"config": config, "source": src.name, "sha256": sha}}, dst)
     logger.info(f"imported '{src}' ({config}, {len(weights)} tensors) to '{dst}'.")
     return config
 

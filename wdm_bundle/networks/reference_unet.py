@@ -23,6 +23,7 @@ from wdm_bundle.networks.reference_blocks import (
     make_time_embed,
     timestep_embedding,
 )
+from wdm_bundle.utils import plain_config
 
 __all__ = ["SkipMode", "WDMUNet", "check_backbone_args", "check_backbone_input"]
 
@@ -119,6 +120,10 @@ class WDMUNet(nn.Module):
         check_backbone_args(in_channels, out_channels, channels, num_res_blocks, norm_num_groups)
         if not resblock_updown:
             raise ValueError("resblock_updown must be True: only in-block resampling (the published models) is built.")
+        self.config = plain_config(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
+                                   channels=channels, num_res_blocks=num_res_blocks, norm_num_groups=norm_num_groups,
+                                   norm_eps=norm_eps, dropout=dropout, resblock_updown=resblock_updown,
+                                   skip_mode=skip_mode)
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from monai.networks.nets import DiffusionModelUNet
@@ -10,7 +12,7 @@ from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
 from wdm_bundle.networks.fused_norm import use_fused_group_norm_silu
-from wdm_bundle.utils import as_bool
+from wdm_bundle.utils import as_bool, plain_config
 from wdm_bundle.wavelets import HaarWavelet3D, ImageSpace
 
 __all__ = ["WaveletDiffusionUNet", "PAPER_CHANNELS", "apply_activation_checkpointing"]
@@ -52,6 +54,28 @@ def apply_activation_checkpointing(backbone: nn.Module) -> int:
         raise ValueError(f"activation checkpointing found no residual or attention block (class name ending in "
                          f"{', '.join(_CHECKPOINTED)}) in {type(backbone).__name__}.")
     return len(targets)
+
+
+def _reference_unet() -> type[nn.Module]:
+    from wdm_bundle.networks.reference_unet import WDMUNet
+
+    return WDMUNet
+
+
+def _wavunet() -> type[nn.Module]:
+    from wdm_bundle.networks.wavunet import WavUNet
+
+    return WavUNet
+
+
+#: Backbones a recorded network may name (a closed set: a checkpoint never chooses the code that runs).
+_BACKBONES: dict[str, Callable[[], type[nn.Module]]] = {"WDMUNet": _reference_unet, "WavUNet": _wavunet}
+
+
+def _check_names(args: Mapping[str, Any], allowed: set[str], owner: str) -> None:
+    unknown = sorted(set(args) - allowed)
+    if unknown:
+        raise ValueError(f"recorded {owner} arguments {unknown} are not among its arguments {sorted(allowed)}.")
 
 
 class WaveletDiffusionUNet(nn.Module):
@@ -105,6 +129,7 @@ class WaveletDiffusionUNet(nn.Module):
         **backbone_kwargs,
     ) -> None:
         super().__init__()
+        custom_backbone = backbone is not None
         if backbone is not None and not isinstance(backbone, nn.Module):
             backbone = backbone()
         if image_channels < 1:
@@ -142,6 +167,17 @@ class WaveletDiffusionUNet(nn.Module):
             )
             if not mid_block_attention:
                 backbone.middle_block.attention = nn.Identity()
+        self.config = plain_config(
+            image_channels=image_channels, condition_channels=condition_channels, extra_channels=extra_channels,
+            channels=channels, num_res_blocks=num_res_blocks, attention_levels=attention_levels,
+            norm_num_groups=norm_num_groups, resblock_updown=resblock_updown, mid_block_attention=mid_block_attention,
+            lll_scale=lll_scale, space=space, **backbone_kwargs,
+        )
+        if custom_backbone:
+            if type(backbone).__name__ not in _BACKBONES or not isinstance(getattr(backbone, "config", None), dict):
+                self.config = None  # cannot be rebuilt from a record; `record.training_record` says so
+            else:
+                self.config["backbone"] = {"class": type(backbone).__name__, "args": dict(backbone.config)}
         backbone_in = getattr(backbone, "in_channels", self.in_channels)
         if backbone_in != self.in_channels:
             raise ValueError(f"backbone takes {backbone_in} input channels but this wrapper feeds it {self.in_channels} "
@@ -150,6 +186,32 @@ class WaveletDiffusionUNet(nn.Module):
         if self.activation_checkpointing:
             apply_activation_checkpointing(backbone)
         self.backbone = backbone
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> WaveletDiffusionUNet:
+        """Rebuild a network from its recorded ``config`` (`WaveletDiffusionUNet.config`, read from a checkpoint).
+
+        Only this class and the backbones `WDMUNet` / `WavUNet` can be built, and only with arguments
+        their constructors name, so a checkpoint's content never selects code to run.
+
+        Raises:
+            ValueError: an unknown backbone class or argument name (the message lists the allowed ones).
+        """
+        if not isinstance(config, Mapping):
+            raise ValueError(f"a network record must be a dict of constructor arguments, got {type(config).__name__}.")
+        args = dict(config)
+        backbone = args.pop("backbone", None)
+        allowed = set(inspect.signature(cls).parameters) - {"backbone", "backbone_kwargs"}
+        allowed |= set(inspect.signature(DiffusionModelUNet).parameters) - {"spatial_dims", "in_channels", "out_channels"}
+        _check_names(args, allowed, cls.__name__)
+        if backbone is not None:
+            if not isinstance(backbone, Mapping) or backbone.get("class") not in _BACKBONES:
+                raise ValueError(f"recorded backbone must be one of {sorted(_BACKBONES)}, got {backbone!r:.200}.")
+            backbone_cls = _BACKBONES[backbone["class"]]()
+            backbone_args = dict(backbone.get("args") or {})
+            _check_names(backbone_args, set(inspect.signature(backbone_cls).parameters), backbone["class"])
+            args["backbone"] = backbone_cls(**backbone_args)
+        return cls(**args)
 
     @property
     def image_size_multiple(self) -> int:

@@ -29,6 +29,7 @@ from wdm_bundle.networks.reference_blocks import (
     timestep_embedding,
 )
 from wdm_bundle.networks.reference_unet import check_backbone_args, check_backbone_input
+from wdm_bundle.utils import plain_config
 from wdm_bundle.wavelets import dwt3d, idwt3d
 
 __all__ = ["haar_bands", "haar_merge", "WaveletResBlock", "WaveletDownsample", "WavUNet"]
@@ -159,6 +160,9 @@ class WavUNet(nn.Module):
         check_backbone_args(in_channels, out_channels, channels, num_res_blocks, norm_num_groups)
         if wavelet_scale <= 0:
             raise ValueError(f"wavelet_scale must be positive, got {wavelet_scale}.")
+        self.config = plain_config(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
+                                   channels=channels, num_res_blocks=num_res_blocks, norm_num_groups=norm_num_groups,
+                                   norm_eps=norm_eps, dropout=dropout, wavelet_scale=wavelet_scale)
         self.spatial_dims = 3
         self.in_channels = in_channels
         self.out_channels = out_channels
