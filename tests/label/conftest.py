@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from wdm_bundle.engines import atomic_save
-from wdm_bundle.label.services import BundleConfig
+from wdm_bundle.engines import LEGACY_RECORDS, atomic_save, recorded_network, validate_record
 
 CONTRASTS = ["t1n", "t1c", "t2w", "t2f"]
 SYNTHESIS_CONFIGS = ["configs/inference_cwdm.json", "configs/demo_cwdm.json"]
 GENERATION_CONFIGS = ["configs/inference.json", "configs/demo.json"]
+DEMO_NETWORK = {"channels": [16, 32, 32], "num_res_blocks": 1, "norm_num_groups": 8}  # configs/demo*.json
 SHAPE = (30, 28, 26)  # not a multiple of the network's 4: the app pads, samples and crops back
 
 
@@ -46,13 +46,14 @@ def tiny_models(repo_root, tmp_path_factory) -> Path:
     geometry, errors, the server); learning is tested by tests/configs on the same configs.
     """
     root = tmp_path_factory.mktemp("label_bundle")
-    factory = BundleConfig(repo_root, SYNTHESIS_CONFIGS).parse("network_def")
-    cwdm = factory(condition_channels=len(CONTRASTS), extra_channels=len(CONTRASTS))
-    state = _randomised(cwdm, 0)
-    atomic_save({"model": state, "ema": state}, root / "models" / "unified" / "model.pt")
-    wdm = BundleConfig(repo_root, GENERATION_CONFIGS).parse("network_def")
-    state = _randomised(wdm, 1)
-    atomic_save({"model": state, "ema": state}, root / "models" / "model.pt")
+    for seed, (task, path, settings) in enumerate([
+        ("synthesis", "unified/model.pt", {"roi_size": None, "image_size": None, "placement": "end"}),
+        ("generation", "model.pt", {"roi_size": None, "image_size": [32, 32, 32]}),
+    ]):
+        base = LEGACY_RECORDS[task]  # the demo configs' training record, with their tiny network
+        record = validate_record({**base, **settings, "network": {**base["network"], **DEMO_NETWORK}})
+        state = _randomised(recorded_network(record), seed)
+        atomic_save({"model": state, "ema": state, "record": record}, root / "models" / path)
     return root / "models"
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.networks.schedulers import DDPMScheduler, Scheduler
+from monai.networks.schedulers import Scheduler
 from monai.networks.schedulers.ddpm import DDPMVarianceType
 from monai.utils import StrEnum
 from torch import nn
@@ -184,17 +184,9 @@ def schedule_settings(record: Mapping[str, Any]) -> dict[str, Any]:
 
 def _scheduler_settings(scheduler: Scheduler) -> dict[str, Any]:
     config = getattr(scheduler, "schedule_config", None)
-    if isinstance(config, Mapping):
-        return dict(config)
-    if isinstance(scheduler, DDPMScheduler):  # a plain MONAI scheduler: read back what it was built with
-        return {
-            "num_train_timesteps": scheduler.num_train_timesteps,
-            "schedule": "linear_beta",
-            "beta_start": float(scheduler.betas[0]),
-            "beta_end": float(scheduler.betas[-1]),
-            "variance_type": str(scheduler.variance_type),
-        }
-    raise ValueError(f"cannot record the schedule of a {type(scheduler).__name__}; build it with make_scheduler.")
+    if not isinstance(config, Mapping):
+        raise ValueError(f"cannot record the schedule of a {type(scheduler).__name__}; build it with make_scheduler.")
+    return dict(config)
 
 
 def training_record(
@@ -490,10 +482,12 @@ def load_record(
             raise ValueError(f"'{other}' and '{path}' were trained with different settings: " + "; ".join(diff))
     problems = compare_records(given, record)
     if problems:
+        trained = f" ('{path}' was trained with diffusion='{record['diffusion']}')" if any(
+            p.startswith("diffusion:") for p in problems) else ""
         raise ValueError(
             f"the config contradicts the training record of '{path}': "
             + "; ".join(problems)
-            + ". These settings are read from the checkpoint: drop them from the command line/config."
+            + f"{trained}. These settings are read from the checkpoint: drop them from the command line/config."
         )
     return {**record, "assumed": False}
 
