@@ -1,9 +1,19 @@
 """Fixtures for the MONAI Label app: tiny weights from the bundle's configs, a studies folder of BraTS cases."""
 
+import contextlib
 import fcntl
 import hashlib
+import json
 import os
+import shutil
+import signal
+import socket
 import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -34,7 +44,10 @@ def _randomised(net: torch.nn.Module, seed: int) -> dict:
     # why random weights: the U-Net's output conv starts at zero, so an untrained net would give a
     # constant volume; random weights make the output depend on the inputs, the seed and the sampler.
     gen = torch.Generator().manual_seed(seed)
-    return {k: (torch.randn(v.shape, generator=gen) * 0.1 if v.is_floating_point() else v) for k, v in net.state_dict().items()}
+    return {
+        k: (torch.randn(v.shape, generator=gen) * 0.1 if v.is_floating_point() else v)
+        for k, v in net.state_dict().items()
+    }
 
 
 @pytest.fixture(scope="session")
@@ -46,10 +59,12 @@ def tiny_models(repo_root, tmp_path_factory) -> Path:
     geometry, errors, the server); learning is tested by tests/configs on the same configs.
     """
     root = tmp_path_factory.mktemp("label_bundle")
-    for seed, (task, path, settings) in enumerate([
-        ("synthesis", "unified/model.pt", {"roi_size": None, "image_size": None, "placement": "end"}),
-        ("generation", "model.pt", {"roi_size": None, "image_size": [32, 32, 32]}),
-    ]):
+    for seed, (task, path, settings) in enumerate(
+        [
+            ("synthesis", "unified/model.pt", {"roi_size": None, "image_size": None, "placement": "end"}),
+            ("generation", "model.pt", {"roi_size": None, "image_size": [32, 32, 32]}),
+        ]
+    ):
         base = LEGACY_RECORDS[task]  # the demo configs' training record, with their tiny network
         record = validate_record({**base, **settings, "network": {**base["network"], **DEMO_NETWORK}})
         state = _randomised(recorded_network(record), seed)
@@ -92,12 +107,115 @@ def studies(tmp_path, demo_case) -> Path:
     return make_studies(tmp_path / "studies", demo_case)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def run_server(label_python: Path, repo_root: Path, studies: Path, tmp: Path, conf: dict, env_extra=None):
+    """Run ``monailabel start_server`` with a copy of the app on 127.0.0.1; yields {url, studies, proc, info, log, app}.
+
+    SIGTERM at the end.
+    """
+    app = tmp / "app"  # a copy: the server writes logs/, bin/, lib/, model/ into its app folder
+    app.mkdir()
+    shutil.copy(repo_root / "apps" / "monailabel_wdm" / "main.py", app)
+    port = _free_port()
+    cmd = [
+        str(label_python),
+        "-m",
+        "monailabel.main",
+        "start_server",
+        "--app",
+        str(app),
+        "--studies",
+        str(studies),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    for k, v in conf.items():
+        cmd += ["--conf", k, v]
+    env = {
+        **os.environ,
+        "PATH": f"{label_python.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(repo_root),  # this checkout's wdm_bundle, whichever env runs the server
+        "MONAI_LABEL_SESSION_PATH": str(tmp / "sessions"),
+        **(env_extra or {}),
+    }
+    env.pop("VIRTUAL_ENV", None)
+    log_path = tmp / "server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the MONAI Label server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/info/", timeout=5) as r:
+                    info = json.load(r)
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if time.monotonic() > deadline:
+                    pytest.fail(f"no answer from {url}/info/ after 300 s:\n{log_path.read_text()[-4000:]}")
+                time.sleep(1)
+        yield {"url": url, "studies": studies, "proc": proc, "info": info, "log": log_path, "app": app}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def post_form(url, path, query, files=None, params=None, method="POST", headers=None):
+    """POST (or PUT) multipart form data (``params``: JSON text, or as is when a str); returns (status, body)."""
+    boundary = uuid.uuid4().hex
+    parts = []
+    if params is not None:
+        text = params if isinstance(params, str) else json.dumps(params)
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n\r\n{text}\r\n'.encode())
+    for name, (filename, data) in (files or {}).items():
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n"
+        )
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    req = urllib.request.Request(
+        f"{url}{path}?{urllib.parse.urlencode(query)}",
+        data=body,
+        method=method,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}", **(headers or {})},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=600) as r:
+            post_form.last_headers = dict(r.headers)
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        post_form.last_headers = dict(e.headers)
+        return e.code, e.read()
+
+
 @pytest.fixture(scope="session")
 def label_spec():
     """The constants and helpers above, for the test modules (conftest files are not imported by name)."""
-    return SimpleNamespace(contrasts=CONTRASTS, synthesis_configs=SYNTHESIS_CONFIGS, generation_configs=GENERATION_CONFIGS,
-                           shape=SHAPE, oblique_affine=oblique_affine, write_case=write_case,
-                           make_studies=make_studies)
+    return SimpleNamespace(
+        contrasts=CONTRASTS,
+        synthesis_configs=SYNTHESIS_CONFIGS,
+        generation_configs=GENERATION_CONFIGS,
+        shape=SHAPE,
+        oblique_affine=oblique_affine,
+        write_case=write_case,
+        make_studies=make_studies,
+        run_server=run_server,
+        post=post_form,
+    )
 
 
 def _env_stamp(repo_root: Path) -> str:
@@ -137,11 +255,19 @@ def label_python(repo_root) -> Path:
             return python
         stamp_file.unlink(missing_ok=True)
         with open(log, "w") as out:
-            result = subprocess.run(["bash", str(repo_root / "scripts" / "setup_monailabel_env.sh"), str(venv)],
-                                    stdout=out, stderr=subprocess.STDOUT, cwd=repo_root, timeout=3600)
+            result = subprocess.run(
+                ["bash", str(repo_root / "scripts" / "setup_monailabel_env.sh"), str(venv)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=repo_root,
+                timeout=3600,
+            )
         if result.returncode != 0:
             tail = "\n".join(line for line in log.read_text().splitlines() if "is ignored" not in line)[-3000:]
-            pytest.fail(f"building the MONAI Label env with scripts/setup_monailabel_env.sh {venv} failed (exit "
-                        f"{result.returncode}); full log: {log}. Last lines:\n{tail}", pytrace=False)
+            pytest.fail(
+                f"building the MONAI Label env with scripts/setup_monailabel_env.sh {venv} failed (exit "
+                f"{result.returncode}); full log: {log}. Last lines:\n{tail}",
+                pytrace=False,
+            )
         stamp_file.write_text(stamp)
     return python

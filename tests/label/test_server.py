@@ -1,16 +1,6 @@
 """A real MONAI Label server (its own env, see `label_python`) serving apps/monailabel_wdm on loopback."""
 
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
-import uuid
 
 import nibabel as nib
 import numpy as np
@@ -24,21 +14,12 @@ pytestmark = pytest.mark.slow
 STEPS = 2  # DDIM steps (fast; the app reads sampler and steps from the config overrides below)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(label_python, repo_root, tiny_models, demo_case, label_spec, tmp_path_factory):
-    """Start ``monailabel start_server`` with the app; yields (base url, studies folder, process); SIGTERM at the end."""
+    """Start ``monailabel start_server`` with the app; yields (url, studies folder, process); SIGTERM at the end."""
+    _post.form = label_spec.post  # conftest's post_form (conftest modules are not imported by name)
     tmp = tmp_path_factory.mktemp("label_server")
     studies = label_spec.make_studies(tmp / "studies", demo_case)
-    app = tmp / "app"  # a copy: the server writes logs/, bin/, lib/, model/ into its app folder
-    app.mkdir()
-    shutil.copy(repo_root / "apps" / "monailabel_wdm" / "main.py", app)
-    port = _free_port()
     conf = {
         "bundle_root": str(repo_root),
         "synthesis_configs": ",".join(label_spec.synthesis_configs),
@@ -48,58 +29,12 @@ def server(label_python, repo_root, tiny_models, demo_case, label_spec, tmp_path
         "generation#ckpt_path": str(tiny_models / "model.pt"),
         "generation#num_inference_steps": str(STEPS),
     }
-    cmd = [str(label_python), "-m", "monailabel.main", "start_server", "--app", str(app),
-           "--studies", str(studies), "--host", "127.0.0.1", "--port", str(port)]
-    for k, v in conf.items():
-        cmd += ["--conf", k, v]
-    env = {**os.environ, "PATH": f"{label_python.parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "PYTHONPATH": str(repo_root),  # this checkout's wdm_bundle, whichever env runs the server
-           "MONAI_LABEL_SESSION_PATH": str(tmp / "sessions")}
-    env.pop("VIRTUAL_ENV", None)
-    log_path = tmp / "server.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the MONAI Label server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/info/", timeout=5) as r:
-                    info = json.load(r)
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                if time.monotonic() > deadline:
-                    pytest.fail(f"no answer from {url}/info/ after 300 s:\n{log_path.read_text()[-4000:]}")
-                time.sleep(1)
-        yield {"url": url, "studies": studies, "proc": proc, "info": info, "log": log_path}
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with label_spec.run_server(label_python, repo_root, studies, tmp, conf) as server:
+        yield server
 
 
-def _post(url, path, query, files=None, params=None, method="POST"):
-    """POST (or PUT) multipart form data; returns (status, body bytes)."""
-    boundary = uuid.uuid4().hex
-    parts = []
-    if params is not None:
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\n\r\n{json.dumps(params)}\r\n'.encode())
-    for name, (filename, data) in (files or {}).items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-                     f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
-    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-    req = urllib.request.Request(f"{url}{path}?{urllib.parse.urlencode(query)}", data=body, method=method,
-                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
-    try:
-        with urllib.request.urlopen(req, timeout=600) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
+def _post(*args, **kwargs):
+    return _post.form(*args, **kwargs)
 
 
 def _nifti(body, path):
@@ -122,8 +57,11 @@ def test_synthesis_from_the_datastore(server, repo_root, tiny_models, label_spec
     np.testing.assert_allclose(out.affine, ref.affine, atol=1e-5)
     np.testing.assert_allclose(out.affine, label_spec.oblique_affine(), atol=1e-5)
     # the same bundle config and weights in this process (torch 2.13 here, 2.14 in the server) give the same volume
-    local = SynthesisService(BundleConfig(repo_root, label_spec.synthesis_configs,
-                                          {"ckpt_dir": str(tiny_models), "num_inference_steps": STEPS}))
+    local = SynthesisService(
+        BundleConfig(
+            repo_root, label_spec.synthesis_configs, {"ckpt_dir": str(tiny_models), "num_inference_steps": STEPS}
+        )
+    )
     expected, _ = local(server["studies"] / "case_ok" / "case_ok-t2w.nii.gz", {}, tmp_path)
     np.testing.assert_allclose(out.get_fdata(), nib.load(expected).get_fdata(), atol=1e-4)
     # ids of a file also work, as path or stem; params come back with output=json
@@ -138,8 +76,13 @@ def test_synthesis_from_an_upload(server, tmp_path, label_spec):
     stack = nib.Nifti1Image(np.stack([v.get_fdata(dtype=np.float32) for v in vols], -1), vols[0].affine)
     nib.save(stack, str(tmp_path / "stack.nii.gz"))
     upload = {"file": ("stack.nii.gz", (tmp_path / "stack.nii.gz").read_bytes())}
-    status, body = _post(server["url"], "/infer/synthesis", {"output": "image"}, upload,
-                         {"contrasts": ["t1n", "t1c", "t2w"], "case": "case_ok"})
+    status, body = _post(
+        server["url"],
+        "/infer/synthesis",
+        {"output": "image"},
+        upload,
+        {"contrasts": ["t1n", "t1c", "t2w"], "case": "case_ok"},
+    )
     assert status == 200, body[:500]
     out = _nifti(body, tmp_path / "up.nii.gz")
     assert out.shape == label_spec.shape
@@ -168,7 +111,13 @@ def test_bad_requests_get_a_clear_4xx_and_the_server_keeps_running(server, tmp_p
     cases = [
         ({"image": "case_two_missing"}, None, None, 422, "2 contrasts are missing (t2w, t2f)"),
         ({"image": "case_shapes"}, None, None, 422, "inputs have different shapes: t1n (30, 28, 26), t1c (30, 28, 24)"),
-        ({"image": "case_unreadable/case_unreadable-t1n"}, None, None, 422, "case_unreadable-t1c.nii.gz: cannot be read as NIfTI"),
+        (
+            {"image": "case_unreadable/case_unreadable-t1n"},
+            None,
+            None,
+            422,
+            "case_unreadable-t1c.nii.gz: cannot be read as NIfTI",
+        ),
         ({"image": "case_complete"}, None, None, 422, "no contrast is missing"),
         ({"image": "no_such_case"}, None, None, 404, "image 'no_such_case' is not in the datastore"),
         ({}, garbage, {"contrasts": ["t1n", "t1c", "t2w"]}, 422, "uploaded file cannot be read as NIfTI"),
@@ -186,13 +135,19 @@ def test_bad_requests_get_a_clear_4xx_and_the_server_keeps_running(server, tmp_p
 
 
 def test_generation_returns_a_volume_of_the_configured_size(server, tmp_path):
-    status, body = _post(server["url"], "/infer/generation", {"image": "generate", "output": "image"}, params={"seed": 5})
+    status, body = _post(
+        server["url"], "/infer/generation", {"image": "generate", "output": "image"}, params={"seed": 5}
+    )
     assert status == 200, body[:500]
     img = _nifti(body, tmp_path / "gen.nii.gz")
     assert img.shape == (32, 32, 32)  # configs/demo.json image_size
     np.testing.assert_allclose(img.affine, centered_affine((32, 32, 32), (5.0, 6.0, 5.0)))
     data = img.get_fdata()
     assert np.isfinite(data).all() and data.std() > 0 and -1 <= data.min() and data.max() <= 1
-    status, body = _post(server["url"], "/infer/generation", {"image": "generate", "output": "json"},
-                         params={"seed": 5, "num_inference_steps": 0})
+    status, body = _post(
+        server["url"],
+        "/infer/generation",
+        {"image": "generate", "output": "json"},
+        params={"seed": 5, "num_inference_steps": 0},
+    )
     assert status == 422 and "'num_inference_steps' must be an integer >= 1" in json.loads(body)["detail"]

@@ -53,19 +53,37 @@ def test_target_of_a_complete_case(synthesis, studies, tmp_path):
     assert nib.load(path).shape == SHAPE
 
 
-@pytest.mark.parametrize("image, params, status, message", [
-    ("case_two_missing/case_two_missing-t1n.nii.gz", {}, 422, "2 contrasts are missing (t2w, t2f)"),
-    ("case_shapes/case_shapes-t1n.nii.gz", {}, 422, "inputs have different shapes: t1n (30, 28, 26), t1c (30, 28, 24)"),
-    ("case_unreadable/case_unreadable-t1n.nii.gz", {}, 422, "case_unreadable-t1c.nii.gz: cannot be read as NIfTI"),
-    ("case_complete/case_complete-t1n.nii.gz", {}, 422, "no contrast is missing"),
-    ("case_ok/nope-t1n.nii.gz", {}, 404, "not found"),
-    ("case_ok/case_ok-t1n.nii.gz", {"target": "pd"}, 422, "cannot synthesise 'pd'"),
-    ("case_ok/case_ok-t1n.nii.gz", {"sampler": "euler"}, 422, "cannot sample with {'sampler': 'euler'}"),
-    ("case_ok/case_ok-t1n.nii.gz", {"num_inference_steps": 0}, 422, "'num_inference_steps' must be an integer >= 1"),
-    ("case_ok/case_ok-t1n.nii.gz", {"seed": "abc"}, 422, "'seed' must be an integer"),
-    ("case_ok/case_ok-t1n.nii.gz", {"contrasts": ["t1n", "t1c"]}, 422, "has shape (30, 28, 26), but 'contrasts' names 2"),
-    ("case_ok/case_ok-t1n.nii.gz", {"contrasts": ["t1n", "flair"]}, 422, "unknown contrast(s) ['flair']"),
-])
+@pytest.mark.parametrize(
+    "image, params, status, message",
+    [
+        ("case_two_missing/case_two_missing-t1n.nii.gz", {}, 422, "2 contrasts are missing (t2w, t2f)"),
+        (
+            "case_shapes/case_shapes-t1n.nii.gz",
+            {},
+            422,
+            "inputs have different shapes: t1n (30, 28, 26), t1c (30, 28, 24)",
+        ),
+        ("case_unreadable/case_unreadable-t1n.nii.gz", {}, 422, "case_unreadable-t1c.nii.gz: cannot be read as NIfTI"),
+        ("case_complete/case_complete-t1n.nii.gz", {}, 422, "no contrast is missing"),
+        ("case_ok/nope-t1n.nii.gz", {}, 404, "not found"),
+        ("case_ok/case_ok-t1n.nii.gz", {"target": "pd"}, 422, "cannot synthesise 'pd'"),
+        ("case_ok/case_ok-t1n.nii.gz", {"sampler": "euler"}, 422, "cannot sample with {'sampler': 'euler'}"),
+        (
+            "case_ok/case_ok-t1n.nii.gz",
+            {"num_inference_steps": 0},
+            422,
+            "'num_inference_steps' must be an integer >= 1",
+        ),
+        ("case_ok/case_ok-t1n.nii.gz", {"seed": "abc"}, 422, "'seed' must be an integer"),
+        (
+            "case_ok/case_ok-t1n.nii.gz",
+            {"contrasts": ["t1n", "t1c"]},
+            422,
+            "has shape (30, 28, 26), but 'contrasts' names 2",
+        ),
+        ("case_ok/case_ok-t1n.nii.gz", {"contrasts": ["t1n", "flair"]}, 422, "unknown contrast(s) ['flair']"),
+    ],
+)
 def test_bad_requests_name_the_problem(synthesis, studies, tmp_path, image, params, status, message):
     with pytest.raises(RequestError) as err:
         synthesis(studies / image, params, tmp_path)
@@ -82,7 +100,9 @@ def test_unreadable_or_misnamed_upload(synthesis, tmp_path):
 
 
 def test_generation_returns_a_volume_of_the_configured_size(repo_root, tiny_models, tmp_path, label_spec):
-    gen = GenerationService(BundleConfig(repo_root, label_spec.generation_configs, {"ckpt_path": str(tiny_models / "model.pt")}))
+    gen = GenerationService(
+        BundleConfig(repo_root, label_spec.generation_configs, {"ckpt_path": str(tiny_models / "model.pt")})
+    )
     a, info = gen({**FAST, "seed": 3}, tmp_path)
     b, _ = gen({**FAST, "seed": 3}, tmp_path)
     c, _ = gen({**FAST, "seed": 4, "sampler": "ddpm", "num_inference_steps": 3}, tmp_path)
@@ -96,12 +116,46 @@ def test_generation_returns_a_volume_of_the_configured_size(repo_root, tiny_mode
 
 
 def test_conf_pairs_become_config_overrides(repo_root, label_spec):
-    conf = {"synthesis_configs": ",".join(label_spec.synthesis_configs), "synthesis#num_inference_steps": "5",
-            "synthesis#network_def#channels": "[8,16,16]", "generation#sampler": "ddim", "server_mode": "true"}
+    conf = {
+        "synthesis_configs": ",".join(label_spec.synthesis_configs),
+        "synthesis#num_inference_steps": "5",
+        "synthesis#network_def#channels": "[8,16,16]",
+        "generation#sampler": "ddim",
+        "server_mode": "true",
+    }
     configs = configs_from_conf(conf, repo_root)
-    assert configs["synthesis"].overrides == {"bundle_root": str(repo_root), "num_inference_steps": 5,
-                                              "network_def#channels": [8, 16, 16]}
+    assert configs["synthesis"].overrides == {
+        "bundle_root": str(repo_root),
+        "num_inference_steps": 5,
+        "network_def#channels": [8, 16, 16],
+    }
     assert configs["synthesis"].parser()["network_def"]["channels"] == [8, 16, 16]
     assert configs["generation"].files == [str(repo_root / "configs" / "inference.json")]
     with pytest.raises(FileNotFoundError, match="nope.json"):
         configs_from_conf({"generation_configs": "configs/nope.json"}, repo_root)
+
+
+def test_request_values_are_checked_against_closed_sets(synthesis):
+    from wdm_bundle.label.inputs import parse_params
+    from wdm_bundle.label.services import Limits, Sampling
+
+    record = synthesis.synthesizer.record
+    sampling = Sampling(record, "ddim", 2, Limits(max_inference_steps=10))
+    for params, message in [
+        ({"sampler": "$__import__('os').getcwd() and 'ddim'"}, "is not a valid Sampler"),
+        ({"num_inference_steps": "@num_train_timesteps"}, "must be an integer"),
+        ({"num_inference_steps": 1e400}, "must be an integer >= 1 and <= 10"),
+        ({"num_inference_steps": 11}, "<= 10"),
+    ]:
+        with pytest.raises(RequestError, match="") as err:
+            sampling.build(params)
+        assert message in str(err.value) and err.value.status == 422
+    assert sampling.build({"sampler": "ddpm", "num_inference_steps": 3})[1] == {
+        "sampler": "ddpm",
+        "num_inference_steps": 3,
+    }
+    with pytest.raises(RequestError, match="takes 1000 steps"):  # DDPM's implicit T steps count against the cap
+        Sampling(record, "ddpm", None, Limits(max_inference_steps=10))
+    for text in ("[1]", "nope", '{"a": NaN}'):
+        with pytest.raises(RequestError, match="'params'"):
+            parse_params(text)

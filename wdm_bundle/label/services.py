@@ -19,10 +19,35 @@ import nibabel as nib
 import numpy as np
 from monai.bundle import ConfigParser
 
+from wdm_bundle.diffusion import Sampler, WaveletDiffusionInferer, make_scheduler
+from wdm_bundle.engines import schedule_settings
 from wdm_bundle.engines.synthesis import CaseError, write_like
-from wdm_bundle.label.inputs import RequestError, case_files, parse_conf_value, parse_contrasts, parse_int, split_upload
+from wdm_bundle.label.inputs import (
+    MAX_SEED,
+    RequestError,
+    case_files,
+    check_name,
+    check_voxels,
+    parse_conf_value,
+    parse_contrasts,
+    parse_int,
+    parse_sampler,
+    split_upload,
+)
 
-__all__ = ["BundleConfig", "SynthesisInputs", "SynthesisService", "GenerationService", "configs_from_conf"]
+__all__ = [
+    "BundleConfig",
+    "Limits",
+    "Sampling",
+    "SynthesisInputs",
+    "SynthesisService",
+    "GenerationService",
+    "configs_from_conf",
+    "SAMPLERS",
+]
+
+#: The samplers a request may name (a closed set: request values never reach a config parser).
+SAMPLERS = tuple(s.value for s in Sampler)
 
 logger = logging.getLogger(__name__)
 
@@ -43,14 +68,19 @@ class BundleConfig:
         overrides: ``{config id: value}``, e.g. ``{"ckpt_path": "...", "network_def#channels": [16, 32, 32]}``.
     """
 
-    def __init__(self, bundle_root: str | os.PathLike, config_files: Sequence[str | os.PathLike],
-                 overrides: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        bundle_root: str | os.PathLike,
+        config_files: Sequence[str | os.PathLike],
+        overrides: Mapping[str, Any] | None = None,
+    ) -> None:
         self.bundle_root = Path(bundle_root).resolve()
         self.files = [str(Path(f) if Path(f).is_absolute() else self.bundle_root / f) for f in config_files]
         missing = [f for f in self.files if not Path(f).is_file()]
         if not self.files or missing:
-            raise FileNotFoundError(f"bundle config file(s) not found: {missing or 'none given'} (bundle_root "
-                                    f"'{self.bundle_root}').")
+            raise FileNotFoundError(
+                f"bundle config file(s) not found: {missing or 'none given'} (bundle_root " f"'{self.bundle_root}')."
+            )
         self.overrides = {"bundle_root": str(self.bundle_root), **dict(overrides or {})}
 
     def parser(self, **overrides: Any) -> ConfigParser:
@@ -63,22 +93,53 @@ class BundleConfig:
         """The parsed (instantiated) config item ``id`` with these overrides on top."""
         return self.parser(**overrides).get_parsed_content(id)
 
-    def sampler_inferer(self, params: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
-        """The config's ``inferer`` (with its scheduler) for a request's ``sampler`` / ``num_inference_steps``.
 
-        Returns the inferer and the sampling settings used; a bad sampler or step count is a RequestError.
-        """
-        overrides = {}
+@dataclass(frozen=True)
+class Limits:
+    """Caps on what one request may ask for (``--conf max_inference_steps`` / ``max_voxels``)."""
+
+    max_inference_steps: int = 1000
+    max_voxels: int = 256**3
+
+
+class Sampling:
+    """Sampler settings of a request, checked and built directly (no config parsing per request).
+
+    ``sampler`` must be one of `SAMPLERS`, ``num_inference_steps`` an integer in [1, ``max_inference_steps``],
+    and the scheduler's actual step count (DDPM without steps runs all T) at most ``max_inference_steps``.
+    The scheduler is `make_scheduler(sampler, steps, **schedule_settings(record))`, the config's own recipe.
+    """
+
+    def __init__(self, record: Mapping[str, Any], sampler: Any, num_inference_steps: Any, limits: Limits) -> None:
+        self.record, self.limits = dict(record), limits
+        self.default_sampler = parse_sampler(str(sampler), SAMPLERS)  # config values (trusted), checked all the same
+        self.default_steps = None if num_inference_steps is None else int(num_inference_steps)
+        self.build({})  # a default the server could never serve is an error at start, not per request
+
+    def build(self, params: Mapping[str, Any]) -> tuple[WaveletDiffusionInferer, dict[str, Any]]:
+        """The inferer (with its scheduler) for a request's params; returns it and the settings used."""
+        sampler, steps = self.default_sampler, self.default_steps
         if params.get("sampler") not in (None, ""):
-            overrides["sampler"] = str(params["sampler"])
+            sampler = parse_sampler(params["sampler"], SAMPLERS)
+        cap = self.limits.max_inference_steps
         if params.get("num_inference_steps") not in (None, ""):
-            overrides["num_inference_steps"] = parse_int(params["num_inference_steps"], "num_inference_steps", 1)
-        parser = self.parser(**overrides)
+            steps = parse_int(params["num_inference_steps"], "num_inference_steps", 1, cap)
+        used = {"sampler": sampler, "num_inference_steps": steps}
         try:
-            inferer = parser.get_parsed_content("inferer")
-        except Exception as e:
-            raise RequestError(f"cannot sample with {overrides or 'the config defaults'}: {_root_cause(e)}") from e
-        return inferer, {"sampler": parser["sampler"], "num_inference_steps": parser["num_inference_steps"]}
+            scheduler = make_scheduler(sampler, steps, **schedule_settings(self.record))
+            inferer = WaveletDiffusionInferer(
+                scheduler, data_range=self.record["data_range"], diffusion=self.record["diffusion"]
+            )
+        except ValueError as e:
+            raise RequestError(f"cannot sample with {used}: {type(e).__name__}: {e}") from e
+        timesteps = getattr(scheduler, "timesteps", None)
+        count = len(timesteps) if timesteps is not None else (steps or 0)
+        if count > cap:
+            raise RequestError(
+                f"sampling with {used} takes {count} steps; this server allows at most {cap} "
+                "(conf max_inference_steps): pass a smaller 'num_inference_steps' or sampler 'ddim'."
+            )
+        return inferer, used
 
 
 @dataclass
@@ -110,10 +171,12 @@ class SynthesisService:
         ``seed``, ``sampler``, ``num_inference_steps``: override the config's.
     """
 
-    def __init__(self, config: BundleConfig) -> None:
-        self.config = config
-        self.synthesizer = config.parse("synthesizer", save_png=False, progress=False)
+    def __init__(self, config: BundleConfig, limits: Limits | None = None) -> None:
+        self.config, self.limits = config, limits or Limits()
+        parser = config.parser(save_png=False, progress=False)
+        self.synthesizer = parser.get_parsed_content("synthesizer")
         self.default_seed = int(self.synthesizer.seed)
+        self.sampling = Sampling(self.synthesizer.record, parser["sampler"], parser["num_inference_steps"], self.limits)
         self._lock = threading.Lock()
 
     @property
@@ -128,25 +191,40 @@ class SynthesisService:
 
     def defaults(self) -> dict[str, Any]:
         """Request params a client may set, with the config's values."""
-        parser = self.config.parser()
-        return {"target": "", "seed": self.default_seed, "sampler": parser["sampler"],
-                "num_inference_steps": parser["num_inference_steps"]}
+        return {
+            "target": "",
+            "seed": self.default_seed,
+            "sampler": self.sampling.default_sampler,
+            "num_inference_steps": self.sampling.default_steps,
+        }
 
     def load(self, image: str | os.PathLike, params: Mapping[str, Any]) -> SynthesisInputs:
         """Find, read and check the inputs of a request; every problem is a RequestError, before sampling."""
         target = params.get("target") or None
+        if target is not None and not isinstance(target, str):
+            raise RequestError(f"'target' must be a contrast name, one of {self.contrasts}.")
+        seed = (
+            parse_int(params["seed"], "seed", 0, MAX_SEED)
+            if params.get("seed") not in (None, "")
+            else self.default_seed
+        )
+        inferer, sampling = self.sampling.build(params)
         if params.get("contrasts") not in (None, "", []):
             names = parse_contrasts(params["contrasts"], self.contrasts)
-            case = str(params.get("case") or "upload")
-            files: Mapping[str, Any] = split_upload(image, names)
+            case = check_name(params.get("case") or "upload", "case", 64)
+            files: Mapping[str, Any] = split_upload(image, names, self.limits.max_voxels)
         else:
             case, files = case_files(image, self.contrasts)
+            for c, f in files.items():
+                try:
+                    shape = nib.load(f).shape
+                except Exception:  # unreadable: load_inputs names the problem
+                    continue
+                check_voxels(shape, self.limits.max_voxels, f"case '{case}': {c}")
         try:
             missing, images, arrays = self.synthesizer.load_inputs(files, target)
         except CaseError as e:
             raise RequestError(f"case '{case}': {e}") from e
-        seed = parse_int(params["seed"], "seed", 0) if params.get("seed") not in (None, "") else self.default_seed
-        inferer, sampling = self.config.sampler_inferer(params)
         return SynthesisInputs(case, missing, images, arrays, seed, inferer, sampling)
 
     def run(self, inputs: SynthesisInputs) -> np.ndarray:
@@ -159,16 +237,25 @@ class SynthesisService:
             except CaseError as e:  # e.g. no per-contrast model for this target
                 raise RequestError(f"case '{inputs.case}': {e}") from e
 
-    def write(self, inputs: SynthesisInputs, volume: np.ndarray, out_dir: str | os.PathLike) -> tuple[str, dict[str, Any]]:
+    def write(
+        self, inputs: SynthesisInputs, volume: np.ndarray, out_dir: str | os.PathLike
+    ) -> tuple[str, dict[str, Any]]:
         """Write ``volume`` with the affine and header of the case's inputs; returns (file, result info)."""
-        fd, path = tempfile.mkstemp(prefix=f"{inputs.case}-{inputs.missing}_", suffix=".nii.gz", dir=out_dir)
-        os.close(fd)
+        path = _claim(out_dir, f"{inputs.case}-{inputs.missing}")
         write_like(volume, next(iter(inputs.images.values())), path)
-        info = {"case": inputs.case, "synthesised": inputs.missing, "inputs": list(inputs.arrays),
-                "shape": list(volume.shape), "seed": inputs.seed, **inputs.sampling}
+        info = {
+            "case": inputs.case,
+            "synthesised": inputs.missing,
+            "inputs": list(inputs.arrays),
+            "shape": list(volume.shape),
+            "seed": inputs.seed,
+            **inputs.sampling,
+        }
         return path, info
 
-    def __call__(self, image: str | os.PathLike, params: Mapping[str, Any], out_dir: str | os.PathLike) -> tuple[str, dict[str, Any]]:
+    def __call__(
+        self, image: str | os.PathLike, params: Mapping[str, Any], out_dir: str | os.PathLike
+    ) -> tuple[str, dict[str, Any]]:
         inputs = self.load(image, params)
         return self.write(inputs, self.run(inputs), out_dir)
 
@@ -182,36 +269,57 @@ class GenerationService:
     with its ``spacing``.
     """
 
-    def __init__(self, config: BundleConfig) -> None:
-        self.config = config
+    def __init__(self, config: BundleConfig, limits: Limits | None = None) -> None:
+        self.config, self.limits = config, limits or Limits()
         parser = config.parser(num_samples=1, batch_size=1, save_png=False, progress=False, overwrite=False)
         self.generator = parser.get_parsed_content("generator")
         parser.get_parsed_content("initialize")  # loads the weights into the generator's network
         self.default_seed = int(self.generator.seed)
         self.weights = [str(parser.get_parsed_content("ckpt_path"))]
+        check_voxels(self.generator.image_shape[1:], self.limits.max_voxels, "the configured image_size")
+        record = parser.get_parsed_content("record")
+        self.sampling = Sampling(record, parser["sampler"], parser["num_inference_steps"], self.limits)
         self._lock = threading.Lock()
 
     def defaults(self) -> dict[str, Any]:
-        parser = self.config.parser()
-        return {"seed": self.default_seed, "sampler": parser["sampler"], "num_inference_steps": parser["num_inference_steps"]}
+        return {
+            "seed": self.default_seed,
+            "sampler": self.sampling.default_sampler,
+            "num_inference_steps": self.sampling.default_steps,
+        }
 
     def __call__(self, params: Mapping[str, Any], out_dir: str | os.PathLike) -> tuple[str, dict[str, Any]]:
-        seed = parse_int(params["seed"], "seed", 0) if params.get("seed") not in (None, "") else self.default_seed
-        inferer, sampling = self.config.sampler_inferer(params)
+        seed = (
+            parse_int(params["seed"], "seed", 0, MAX_SEED)
+            if params.get("seed") not in (None, "")
+            else self.default_seed
+        )
+        inferer, sampling = self.sampling.build(params)
         g = self.generator
         with self._lock:  # why: one generator (network loaded once); per-request sampler settings
             g.inferer, g.scheduler, g.seed = inferer, inferer.scheduler, seed
             g.output_dir = Path(tempfile.mkdtemp(dir=out_dir))
             try:
                 written = Path(g.run()[0])
-                fd, path = tempfile.mkstemp(prefix=f"wdm_seed{seed}_", suffix=".nii.gz", dir=out_dir)
-                os.close(fd)
+                path = _claim(out_dir, f"wdm_seed{seed}")
                 os.replace(written, path)
             finally:
                 for f in g.output_dir.iterdir():
                     f.unlink()
                 g.output_dir.rmdir()
         return path, {"seed": seed, "shape": list(g.image_shape[1:]), **sampling}
+
+
+def _claim(out_dir: str | os.PathLike, stem: str) -> str:
+    """A new file ``<out_dir>/<stem>.nii.gz`` (or, if taken, with a unique suffix), created so no one else takes it."""
+    path = os.path.join(out_dir, f"{stem}.nii.gz")
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        return path
+    except FileExistsError:
+        fd, path = tempfile.mkstemp(prefix=f"{stem}_", suffix=".nii.gz", dir=out_dir)
+        os.close(fd)
+        return path
 
 
 #: Default config files of each task, relative to the bundle root.
@@ -229,6 +337,6 @@ def configs_from_conf(conf: Mapping[str, str], default_root: str | os.PathLike) 
         files = conf.get(f"{task}_configs")
         files = [f.strip() for f in files.split(",") if f.strip()] if files else default_files
         prefix = f"{task}#"
-        overrides = {k[len(prefix):]: parse_conf_value(v) for k, v in conf.items() if k.startswith(prefix)}
+        overrides = {k.removeprefix(prefix): parse_conf_value(v) for k, v in conf.items() if k.startswith(prefix)}
         configs[task] = BundleConfig(root, files, overrides)
     return configs

@@ -20,8 +20,8 @@ from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from wdm_bundle.label.inputs import RequestError
-from wdm_bundle.label.services import GenerationService, SynthesisService, configs_from_conf
+from wdm_bundle.label.inputs import RequestError, redact_paths
+from wdm_bundle.label.services import GenerationService, Limits, SynthesisService, configs_from_conf
 
 __all__ = ["SynthesisInfer", "GenerationInfer", "build_tasks", "check_image_id"]
 
@@ -34,17 +34,24 @@ def http_errors() -> Iterator[None]:
     try:
         yield
     except RequestError as e:
-        raise HTTPException(status_code=e.status, detail=str(e)) from e
+        raise HTTPException(status_code=e.status, detail=redact_paths(str(e))) from e
 
 
 class _ServiceInfer(BasicInferTask):
     """A task around a service: its weights are the task's paths, its defaults the task's config (shown in /info)."""
 
     def __init__(self, service: Any, description: str) -> None:
-        super().__init__(path=service.weights, network=None, type=InferType.OTHERS, labels=None, dimension=3,
-                         description=description, config=service.defaults())
+        super().__init__(
+            path=service.weights,
+            network=None,
+            type=InferType.OTHERS,
+            labels=None,
+            dimension=3,
+            description=description,
+            config=service.defaults(),
+        )
         self.service = service
-        self.out_dir = tempfile.mkdtemp(prefix="wdm-label-")  # results; MONAI Label deletes each after sending it
+        self.out_dir = tempfile.mkdtemp(prefix="wdm-label-")  # private (0700); MONAI Label deletes each result
 
     def post_transforms(self, data=None):
         return []
@@ -101,31 +108,51 @@ class GenerationInfer(_ServiceInfer):
 
 
 def check_image_id(request: Mapping[str, Any], datastore: Any, tasks: Mapping[str, Any]) -> None:
-    """404 naming the id when a synthesis request's ``image`` is neither a file nor in the datastore.
+    """404 naming the id when a synthesis request's ``image`` is not in the datastore (paths are not accepted).
 
-    (MONAI Label replaces an unknown id by "" before the task sees it.)
+    (MONAI Label replaces an unknown id by "" before the task sees it.) The app's own ``/infer`` route
+    (`wdm_bundle.label.server`) does this check itself; this one guards MONAI Label's code paths.
     """
     image = request.get("image")
-    if (isinstance(tasks.get(request.get("model")), SynthesisInfer) and isinstance(image, str) and image
-            and not os.path.exists(image) and not datastore.get_image_uri(image)):
-        raise HTTPException(status_code=404, detail=(
-            f"image '{image}' is not in the datastore: pass the id of a contrast file ('<case>/<case>-t1n' or "
-            "'<case>-t1n') or a case folder name ('<case>'); GET /datastore/?output=all lists the ids."))
+    if isinstance(tasks.get(request.get("model")), SynthesisInfer) and isinstance(image, str) and image:
+        if os.path.isabs(image) or ".." in image.split("/") or not datastore.get_image_uri(image):
+            raise HTTPException(
+                status_code=404,
+                detail=(
+                    f"image '{image[:80]}' is not in the datastore: pass the id of a contrast file "
+                    "('<case>/<case>-t1n' or "
+                    "'<case>-t1n') or a case folder name ('<case>'); GET /datastore/?output=all lists the ids."
+                ),
+            )
 
 
-def build_tasks(conf: Mapping[str, str], default_root: str | os.PathLike) -> dict[str, BasicInferTask]:
-    """The app's infer tasks from its ``--conf`` pairs; a task whose weights do not exist is left out (logged)."""
+def build_tasks(
+    conf: Mapping[str, str], default_root: str | os.PathLike, limits: Limits | None = None
+) -> dict[str, BasicInferTask]:
+    """The app's infer tasks from its ``--conf`` pairs.
+
+    A task whose weights do not exist, or whose config or weights cannot be loaded, is left out (logged);
+    the others are served.
+    """
     configs = configs_from_conf(conf, default_root)
     tasks: dict[str, BasicInferTask] = {}
-    synthesis = SynthesisService(configs["synthesis"])
-    if any(Path(w).is_file() for w in synthesis.weights):
-        tasks["synthesis"] = SynthesisInfer(synthesis)
-    else:
-        logger.warning(f"'synthesis' task left out: weights {synthesis.weights} not found (set --conf synthesis#ckpt_dir "
-                       "or synthesis#ckpt_path).")
-    ckpt = configs["generation"].parse("ckpt_path")
-    if Path(ckpt).is_file():
-        tasks["generation"] = GenerationInfer(GenerationService(configs["generation"]))
-    else:
-        logger.warning(f"'generation' task left out: weights '{ckpt}' not found (set --conf generation#ckpt_path).")
+    try:
+        synthesis = SynthesisService(configs["synthesis"], limits)
+        if any(Path(w).is_file() for w in synthesis.weights):
+            tasks["synthesis"] = SynthesisInfer(synthesis)
+        else:
+            logger.warning(
+                f"'synthesis' task left out: weights {synthesis.weights} not found (set --conf "
+                "synthesis#ckpt_dir or synthesis#ckpt_path)."
+            )
+    except Exception as e:
+        logger.warning(f"'synthesis' task left out: cannot load it ({type(e).__name__}: {e}).")
+    try:
+        ckpt = configs["generation"].parse("ckpt_path")
+        if Path(ckpt).is_file():
+            tasks["generation"] = GenerationInfer(GenerationService(configs["generation"], limits))
+        else:
+            logger.warning(f"'generation' task left out: weights '{ckpt}' not found (set --conf generation#ckpt_path).")
+    except Exception as e:
+        logger.warning(f"'generation' task left out: cannot load it ({type(e).__name__}: {e}).")
     return tasks
