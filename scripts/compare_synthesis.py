@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # repo root, fo
 import fire  # noqa: E402
 
 from wdm_bundle.metrics.synthesis_report import compare_synthesis as _compare  # noqa: E402
+from wdm_bundle.utils import install_error_report  # noqa: E402
 
 
 def compare_synthesis(
@@ -56,4 +57,5 @@ def compare_synthesis(
 
 
 if __name__ == "__main__":
+    install_error_report()  # a failure ends with its cause: which folder or file, what is wrong
     fire.Fire(compare_synthesis)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
+import sys
 import tempfile
+import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
-__all__ = ["as_bool", "atomic_write", "autocast_dtype", "plain", "plain_config"]
+__all__ = ["as_bool", "atomic_write", "autocast_dtype", "plain", "plain_config", "UnreadableCheckpointError",
+           "torch_load", "remove_stale_temp_files", "install_error_report"]
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0", "none", ""}
@@ -56,6 +61,141 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def remove_stale_temp_files(folder: str | os.PathLike, names: Callable[[str], bool]) -> list[Path]:
+    """Delete the temporary files `atomic_write` leaves when killed mid-write (``.<name>.<random><suffix>``) in
+    ``folder`` for the target names where ``names(name)`` is true; returns the deleted paths."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    pattern = re.compile(r"^\.(.+?)\.[A-Za-z0-9_]{8}(\.[^.]+)*$")  # tempfile.mkstemp's 8 random characters
+    removed = []
+    for p in folder.iterdir():
+        m = pattern.match(p.name)
+        if m and p.is_file() and names(m.group(1)):
+            p.unlink()
+            removed.append(p)
+    return removed
+
+
+class UnreadableCheckpointError(ValueError):
+    """A checkpoint file exists but cannot be loaded (truncated, empty, not a PyTorch file, or unsafe); names it."""
+
+
+def torch_load(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` whose errors name the file and say what is wrong with it.
+
+    Args:
+        mmap: map the file instead of reading it (files in torch's legacy format are read instead).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        UnreadableCheckpointError: a truncated, empty or random file, or one holding Python objects other than
+            tensors and plain data (never loaded: checkpoints from elsewhere are untrusted).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint '{path}' does not exist.")
+    size = path.stat().st_size
+    if size == 0:
+        raise UnreadableCheckpointError(f"checkpoint '{path}' is empty (0 bytes): an interrupted copy or write? "
+                                        "Copy it again, or resume from an older checkpoint.")
+    try:
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            return torch.load(path, map_location=map_location, weights_only=True)  # legacy format: cannot be mapped
+    except Exception as e:  # pickle.UnpicklingError, RuntimeError (zip reader), EOFError, ...
+        text = str(e)
+        if "Unsupported global" in text or "GLOBAL " in text:
+            problem = ("holds Python objects other than tensors and plain data, so it is not loaded (a checkpoint "
+                       "from elsewhere could run code); it is not a bundle checkpoint or state_dict")
+        else:
+            first = next((ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln), "")
+            problem = (f"is truncated, corrupt or not a PyTorch checkpoint ({size} bytes; {type(e).__name__}"
+                       + (f": {first[:120]}" if first and "Weights only load failed" not in first else "") + ")")
+        raise UnreadableCheckpointError(f"checkpoint '{path}' {problem}. Copy it again, or resume from an older "
+                                        "checkpoint.") from None
+
+
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+_MONAI_WRAPPERS = (os.sep + os.path.join("monai", "bundle") + os.sep, os.path.join("monai", "utils", "module.py"))
+
+
+def _raised_in(exc: BaseException) -> str:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code.co_filename if tb is not None else ""
+
+
+def _user_error(exc: BaseException) -> BaseException:
+    """The first error of ``exc``'s chain that MONAI's config machinery did not just wrap (outermost first)."""
+    chain, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        chain.append(exc)
+        exc = exc.__cause__ if exc.__cause__ is not None else (None if exc.__suppress_context__ else exc.__context__)
+    for e in chain:
+        if not any(w in _raised_in(e) for w in _MONAI_WRAPPERS):
+            return e
+    return chain[-1]
+
+
+def _report(exc_type: type, exc: BaseException, tb: Any, stream: Any = None) -> None:
+    stream = stream or sys.stderr
+    if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: Python's own report
+        sys.__excepthook__(exc_type, exc, tb)
+        return
+    error = _user_error(exc)
+    where = _raised_in(error)
+    ours = where.startswith(_PACKAGE_DIR) and not os.environ.get("WDM_TRACEBACK")
+    sys.stdout.flush()
+    if not ours:  # unexpected: the whole traceback, then the cause again at the end
+        traceback.print_exception(exc_type, exc, tb, file=stream)
+        stream.write("\n")
+    else:
+        stream.write(f"(raised in {os.path.relpath(where, os.path.dirname(_PACKAGE_DIR))}; set WDM_TRACEBACK=1 for "
+                     "the full traceback)\n")
+    message = f"ERROR {type(error).__name__}: {error}"
+    stream.write(message + "\n")
+    stream.flush()
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")  # under torchrun: its closing summary shows the cause
+    if error_file and not os.path.exists(error_file):
+        import json
+        import time
+
+        try:
+            with open(error_file, "w") as f:
+                info = {"py_callstack": message, "timestamp": str(int(time.time()))}
+                json.dump({"message": {"message": message, "extraInfo": info}}, f)
+        except OSError:
+            pass
+
+
+def install_error_report() -> None:
+    """Make an uncaught error end the output with its cause: which file, what is wrong.
+
+    MONAI's bundle runner wraps every error raised in a config expression or component in
+    ``RuntimeError('Failed to evaluate ConfigExpression ...')`` (tens of lines); this hook prints the
+    first error of the chain that is not such a wrapper as the last line. Errors raised by this
+    package (a check on the user's input) print only that, with where it was raised; others print
+    the full traceback first. ``WDM_TRACEBACK=1`` always prints the full traceback.
+    """
+    if sys.excepthook is not _report:
+        sys.excepthook = _report
+
+
+def _run_by_monai_bundle() -> bool:
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return getattr(spec, "name", None) == "monai.bundle.__main__"
+
+
+if _run_by_monai_bundle():  # `python -m monai.bundle run ...` (also under torchrun) with this package's configs
+    install_error_report()
 
 
 _AMP_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,

@@ -216,5 +216,6 @@ def test_one_long_request_does_not_block_the_server(hostile):
     long.join(300)
     queued.join(300)
     assert results["long"][0] == 200 and results["queued"][0] == 200, results
-    assert info_s < 2.0 and results["long"][2] > 3 * info_s, (info_s, results["long"][2])
+    # /info/ answered while the long request was still running, in a small part of its time (no wall-clock bound)
+    assert results["long"][2] > 3 * info_s, (info_s, results["long"][2])
     assert json.loads(results["long"][1])["num_inference_steps"] == LONG

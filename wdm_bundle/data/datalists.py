@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["NIFTI_SUFFIXES", "build_datalist", "find_case_files"]
+__all__ = ["NIFTI_SUFFIXES", "build_datalist", "default_datalist", "find_case_files"]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -21,6 +21,18 @@ def _strip_suffix(name: str) -> str:
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+_CONTRAST_SUFFIXES = ("t1n", "t1c", "t2w", "t2f", "seg", "t1", "t1ce", "t2", "flair")
+
+
+def _suffix_of(stem: str) -> str | None:
+    """The contrast of a BraTS-style file stem ``<case>-<contrast>`` (or ``_<contrast>``), else None."""
+    for sep in ("-", "_"):
+        head, _, tail = stem.rpartition(sep)
+        if head and tail.lower() in _CONTRAST_SUFFIXES:
+            return tail.lower()
+    return None
 
 
 def find_case_files(case_dir: str | os.PathLike) -> dict[str, str]:
@@ -39,6 +51,12 @@ def find_case_files(case_dir: str | os.PathLike) -> dict[str, str]:
     return files
 
 
+def default_datalist(dataset_dir: str | os.PathLike) -> str | None:
+    """``<dataset_dir>/datalist.json`` if that file exists, else None (`build_datalist` then reads the folder)."""
+    path = Path(dataset_dir) / "datalist.json"
+    return str(path) if path.is_file() else None
+
+
 def build_datalist(
     dataset_dir: str | os.PathLike | None = None,
     datalist: str | os.PathLike | None = None,
@@ -54,8 +72,9 @@ def build_datalist(
       directly or the source names in ``keys`` (e.g. ``{"image": "t1n"}`` reads ``entry["t1n"]``).
     * ``dataset_dir`` with case folders: ``<dir>/<case>/<case>-<suffix>.nii.gz`` (BraTS layout);
       ``keys`` maps output keys to suffixes.
-    * ``dataset_dir`` with NIfTI files directly inside: each file is one ``image`` entry
-      (only when ``keys`` is ``{"image": None}`` or not given).
+    * ``dataset_dir`` with NIfTI files directly inside: each file is one entry of the single key of
+      ``keys``; when files are named ``<case>-<contrast>.nii.gz`` (t1n, t1c, t2w, t2f, seg, ...), only
+      those of the requested suffix (e.g. ``{"image": "t1n"}``) are taken, and none is an error.
 
     Each entry also gets ``"case"`` (the case name).
 
@@ -90,8 +109,19 @@ def build_datalist(
         files = sorted(p for p in root.iterdir() if _is_nifti(p))
         if len(keys) != 1:
             raise ValueError(f"'{root}' holds no case folders; a flat folder of files can only fill one key, got {keys}.")
-        out_key = next(iter(keys))
-        entries = [{"case": _strip_suffix(f.name), out_key: str(f)} for f in files]
+        (out_key, suffix), = keys.items()
+        stems = [_strip_suffix(f.name) for f in files]
+        tagged = [s for s in stems if _suffix_of(s)]
+        if suffix and tagged:  # BraTS-style names `<case>-<suffix>`: only the requested contrast
+            picked = [(f, s) for f, s in zip(files, stems) if _suffix_of(s) == suffix]
+            if not picked:
+                found = sorted({_suffix_of(s) for s in tagged})
+                raise ValueError(f"dataset_dir '{root}' holds no '<case>-{suffix}.nii.gz' file (its files end in "
+                                 f"{', '.join('-' + x for x in found)}); pass --modality with one of "
+                                 f"{', '.join(found)}.")
+            entries = [{"case": s[: -len(suffix) - 1], out_key: str(f)} for f, s in picked]
+        else:
+            entries = [{"case": s, out_key: str(f)} for f, s in zip(files, stems)]
     if not entries:
         raise ValueError(f"dataset_dir '{root}' holds no NIfTI files ({', '.join(NIFTI_SUFFIXES)}) or case folders.")
     return entries

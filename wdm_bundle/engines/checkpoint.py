@@ -22,7 +22,7 @@ from torch import nn
 
 from wdm_bundle.diffusion.inferer import unwrap_model
 from wdm_bundle.diffusion.schedulers import Diffusion, check_sampler
-from wdm_bundle.utils import as_bool, atomic_write
+from wdm_bundle.utils import UnreadableCheckpointError, as_bool, atomic_write, remove_stale_temp_files, torch_load
 
 __all__ = ["atomic_save", "list_checkpoints", "latest_checkpoint", "TrainingCheckpointer", "load_weights",
            "trained_diffusion", "random_state", "set_random_state"]
@@ -147,8 +147,12 @@ class TrainingCheckpointer:
         save_every: iterations between saves.
         n_saved: checkpoints to keep.
         resume: load the latest checkpoint, if any, and continue at its iteration.
-        overwrite: allow starting a new run in a folder that already holds checkpoints (they are
-            deleted); without it, that is an error, so no run is destroyed by accident.
+        overwrite: allow starting a new run in a folder that already holds checkpoints or a ``model.pt``
+            (they are deleted); without it, that is an error (also for a lone ``model.pt``, e.g. imported
+            weights), so nothing is replaced by accident. In a distributed run every rank refuses together.
+        resume (continued): an unreadable newest checkpoint is skipped for the newest readable one, and
+            ``model.pt`` is rewritten from it when a save was interrupted between its two writes; temporary
+            files of interrupted saves are deleted.
         map_location: device for loading on resume.
         enabled: False on non-zero distributed ranks: they load but never write.
         diffusion: training objective (``"ddpm"``, ``"rflow"`` or ``"rflow_x0"``), recorded in every file.
@@ -203,27 +207,88 @@ class TrainingCheckpointer:
             objects["scaler"] = scaler
         return objects
 
+    def _refusal(self) -> str | None:
+        """Why starting this run would replace files of another run (None if it would not)."""
+        existing = list_checkpoints(self.save_dir)
+        weights = self.save_dir / "model.pt"
+        if self.overwrite or (self.resume and existing):
+            return None
+        if existing:
+            return (f"'{self.save_dir}' already holds {len(existing)} checkpoint(s) (latest: {existing[-1].name}); "
+                    "pass --resume true to continue that run, or --overwrite true to start over and delete them.")
+        if weights.exists():
+            return (f"'{weights}' already exists (imported or trained weights without training checkpoints) and this "
+                    "run would replace it; choose another --ckpt_dir (or --bundle_root), move the file, or pass "
+                    "--overwrite true to replace it.")
+        return None
+
     def attach(self, engine: Engine) -> None:
+        # every rank learns rank 0's verdict, so all refuse together (a lone refusing rank hangs the others)
+        refusals = [r for r in _all_ranks(self._refusal() if self.enabled else None) if r]
+        if refusals:
+            raise FileExistsError(refusals[0])
+        if self.enabled:
+            for p in remove_stale_temp_files(self.save_dir, lambda name: name == "model.pt" or _CKPT.match(name)):
+                logger.warning(f"removed '{p}', left by an interrupted save.")
         existing = list_checkpoints(self.save_dir)
         if self.resume and existing:
-            self.load(existing[-1], engine)
+            self._resume(existing, engine)
         elif self.resume:
             logger.info(f"resume: no checkpoint in '{self.save_dir}', starting from iteration 0.")
-        elif existing and self.enabled:
-            if not self.overwrite:
-                raise FileExistsError(
-                    f"'{self.save_dir}' already holds {len(existing)} checkpoint(s) (latest: {existing[-1].name}); "
-                    "pass --resume true to continue that run, or --overwrite true to start over and delete them."
-                )
-            for p in existing:
-                p.unlink()
+        elif self.enabled and self.overwrite:
+            for p in [*existing, self.save_dir / "model.pt"]:
+                if p.exists():
+                    p.unlink()
+                    logger.info(f"overwrite: deleted '{p}'.")
         engine.add_event_handler(Events.EPOCH_STARTED, self._restore_data_and_random_state)
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.save_every), self.save)
         engine.add_event_handler(Events.COMPLETED, self.save)
 
-    def load(self, path: str | os.PathLike, engine: Engine) -> None:
-        """Restore every object (and the trainer's iteration) from checkpoint ``path``."""
-        state = torch.load(path, map_location=self.map_location, weights_only=True)
+    def _resume(self, existing: list[Path], engine: Engine) -> None:
+        """Load the newest readable checkpoint (an unreadable newer one, e.g. cut off by a full disk, is skipped
+        with a warning) and bring a stale ``model.pt`` (a kill between the two writes of `save`) up to it."""
+        unreadable = []
+        for path in reversed(existing):
+            try:
+                state = torch_load(path, map_location=self.map_location)
+            except UnreadableCheckpointError as e:
+                logger.warning(f"{e} Trying the previous checkpoint.")
+                unreadable.append(path.name)
+                continue
+            self.load(path, engine, state=state)
+            if unreadable:
+                logger.warning(f"resumed from '{path}', the newest readable checkpoint; unreadable: "
+                               f"{', '.join(unreadable)} (left in place; they are pruned as the run goes on).")
+            if self.enabled:
+                self._refresh_weights(state, path)
+            return
+        raise UnreadableCheckpointError(
+            f"no checkpoint in '{self.save_dir}' can be read ({', '.join(unreadable)}: truncated, empty or not "
+            "PyTorch files); restore them from a backup, or pass --resume false --overwrite true to start over.")
+
+    def _refresh_weights(self, state: dict[str, Any], path: Path) -> None:
+        weights = self.save_dir / "model.pt"
+        iteration = state["trainer"].get("iteration") if isinstance(state.get("trainer"), dict) else None
+        try:
+            current = torch_load(weights, mmap=True).get("iteration") if weights.exists() else None
+        except (UnreadableCheckpointError, AttributeError):
+            current = None
+        if iteration is None or current == iteration:
+            return
+        record = {"record": state["record"]} if "record" in state else {}
+        atomic_save({**{k: state[k] for k in ("model", "ema") if k in state}, "iteration": iteration,
+                     "diffusion": state.get("diffusion", self.diffusion), **record}, weights)
+        logger.warning(f"'{weights}' was at iteration {current}, not the newest checkpoint's ({path.name}, iteration "
+                       f"{iteration}): an interrupted save; rewritten from '{path}'.")
+
+    def load(self, path: str | os.PathLike, engine: Engine, state: dict[str, Any] | None = None) -> None:
+        """Restore every object (and the trainer's iteration) from checkpoint ``path`` (``state``: its content,
+        if already loaded)."""
+        if state is None:
+            state = torch_load(path, map_location=self.map_location)
+        if not isinstance(state, dict):
+            raise UnreadableCheckpointError(f"checkpoint '{path}' holds a {type(state).__name__}, not a training "
+                                            "checkpoint.")
         trained = state.get("diffusion", Diffusion.DDPM.value)
         if trained != self.diffusion:
             raise ValueError(f"checkpoint '{path}' was trained with diffusion='{trained}' but this run uses "
@@ -317,11 +382,7 @@ def trained_diffusion(path: str | os.PathLike) -> str | None:
     path = Path(path)
     if not path.is_file():
         return None
-    try:  # mmap: reads the small record, not the weights
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # files in torch's legacy (non-zip) format cannot be mapped
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    return _recorded_diffusion(state)
+    return _recorded_diffusion(torch_load(path, mmap=True))  # mmap: reads the small record, not the weights
 
 
 def load_weights(
@@ -348,13 +409,15 @@ def load_weights(
 
     Raises:
         FileNotFoundError: no file at ``path``.
+        UnreadableCheckpointError: (a ValueError) a truncated, empty or random file, or one that holds
+            Python objects (named, with what is wrong).
         ValueError: the weights do not fit ``network`` (lists missing and unexpected keys), or
             were trained for another sampler.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint '{path}' does not exist; train first or pass --ckpt_path.")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = torch_load(path)
     trained = _recorded_diffusion(state)
     if sampler is not None:
         check_sampler(trained, sampler, f"checkpoint '{path}'")

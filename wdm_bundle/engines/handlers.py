@@ -11,12 +11,14 @@ import torch
 from ignite.engine import Engine, Events
 from monai.data import list_data_collate
 from torch import nn
+from torch.utils.tensorboard import SummaryWriter
 
 from wdm_bundle.diffusion import WaveletDiffusionInferer, diffusion_of, make_scheduler, unwrap_model
+from wdm_bundle.engines.checkpoint import _all_ranks
 from wdm_bundle.utils import as_bool
 from wdm_bundle.visualize import save_slices_png, slices_grid
 
-__all__ = ["IterationBudget", "PreviewSampler"]
+__all__ = ["IterationBudget", "PreviewSampler", "NonFiniteLossError", "StopOnNonFiniteLoss", "LazySummaryWriter"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,67 @@ class IterationBudget:
             engine.terminate()
 
 
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+class StopOnNonFiniteLoss:
+    """Stop training with `NonFiniteLossError` at the first NaN or infinite loss, before the weights are updated.
+
+    Checks at MONAI's ``IterationEvents.LOSS_COMPLETED`` (after the loss, before backward and the
+    optimizer step), so the bad iteration never reaches ``ITERATION_COMPLETED``: no checkpoint,
+    ``model.pt``, preview or TensorBoard point of it is written, and the newest checkpoint on disk
+    holds finite weights. Engines without that event are checked at ``ITERATION_COMPLETED``
+    (attach this handler before the checkpointer then). The error names the iteration and the
+    batch's cases (their files, with ``datalist``).
+
+    Args:
+        datalist: the training datalist (``{"case", key: file}`` entries), to name the batch's files.
+        keys: the datalist keys whose files are named.
+    """
+
+    def __init__(self, datalist: Sequence[dict] | None = None, keys: Sequence[str] = ("image",)) -> None:
+        self.files = {str(e.get("case")): [str(e[k]) for k in keys if k in e] for e in (datalist or [])}
+
+    def attach(self, engine: Engine) -> None:
+        from monai.engines.utils import IterationEvents
+
+        event = IterationEvents.LOSS_COMPLETED if IterationEvents.LOSS_COMPLETED in engine._allowed_events \
+            else Events.ITERATION_COMPLETED
+        engine.add_event_handler(event, self)
+
+    def __call__(self, engine: Engine) -> None:
+        output = engine.state.output
+        loss = output.get("loss") if isinstance(output, dict) else output
+        if loss is None or bool(torch.isfinite(torch.as_tensor(loss).detach()).all()):
+            return
+        batch = engine.state.batch
+        cases = [str(c) for c in batch.get("case", [])] if isinstance(batch, dict) else []
+        files = [f for c in cases for f in self.files.get(c, [])]
+        named = f" in the batch of {', '.join(files or cases)}" if (files or cases) else ""
+        value = torch.as_tensor(loss).detach().float().flatten()[0].item()
+        raise NonFiniteLossError(
+            f"training stopped at iteration {engine.state.iteration}: the loss is {value}{named}; nothing of this "
+            "iteration was saved. Check these images for NaN/infinite voxels (--validate_data true finds them), or "
+            "lower --learning_rate (or turn off --amp), then resume from the newest checkpoint (--resume true)."
+        )
+
+
+class LazySummaryWriter(SummaryWriter):
+    """A TensorBoard `SummaryWriter` that creates its event file on the first write, not when built, so a run
+    refused at start-up leaves no empty event file behind."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self._lazy = True
+        super().__init__(*args, **kwargs)
+        self._lazy = False
+
+    def _get_file_writer(self):
+        if self._lazy:
+            return None
+        return super()._get_file_writer()
+
+
 class PreviewSampler:
     """Every ``every`` iterations, sample a few volumes with few DDIM (or RFlow) steps and show their middle slices.
 
@@ -58,6 +121,8 @@ class PreviewSampler:
         dataset, prepare_batch: for conditional models, the first ``num_samples`` items of
             ``dataset`` go through ``prepare_batch`` (under a fixed seed) to give the condition
             channels; their targets are shown beside the samples.
+        resume, overwrite: a new run (neither set) refuses to start when ``output_dir`` already holds
+            previews of another run; a resumed run replaces its own previews after the checkpoint.
     """
 
     def __init__(
@@ -74,6 +139,8 @@ class PreviewSampler:
         dataset=None,
         prepare_batch=None,
         enabled: bool = True,
+        resume: bool = False,
+        overwrite: bool = False,
     ) -> None:
         if len(image_shape) != 4:
             raise ValueError(f"image_shape must be (C, D, H, W), got {tuple(image_shape)}.")
@@ -94,9 +161,23 @@ class PreviewSampler:
         self.dataset = dataset
         self.prepare_batch = prepare_batch
         self.enabled = as_bool(enabled, "enabled")
+        self.resume = as_bool(resume, "resume")
+        self.overwrite = as_bool(overwrite, "overwrite")
         self.tracker = None
 
+    def _refusal(self) -> str | None:
+        if not self.enabled or self.every <= 0 or self.resume or self.overwrite or not self.output_dir.is_dir():
+            return None
+        found = sorted(self.output_dir.glob("preview_*.png"))
+        if not found:
+            return None
+        return (f"'{self.output_dir}' already holds {len(found)} preview(s) of another run (e.g. {found[0].name}) "
+                "that this run would replace; choose another --output_dir, move them, or pass --overwrite true.")
+
     def attach(self, engine: Engine) -> None:
+        refusals = [r for r in _all_ranks(self._refusal()) if r]  # every rank refuses together
+        if refusals:
+            raise FileExistsError(refusals[0])
         if self.enabled and self.every > 0:
             engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.every), self)
 

@@ -152,12 +152,12 @@ def compare_synthesis(
         ``files`` (the written paths).
 
     Raises:
-        FileNotFoundError: ``gt_dir``, ``input_dir`` or ``train_datalist`` does not exist.
-        ValueError: no case in ``gt_dir``, a bad ``roi_size``, or training volumes whose shape
-            differs from a case's (use ``roi_size``).
+        FileNotFoundError: ``gt_dir``, ``input_dir``, ``pred_dir`` or ``train_datalist`` does not exist.
+        ValueError: no case in ``gt_dir``, no case could be scored (e.g. no prediction in ``pred_dir``),
+            a bad ``roi_size``, or training volumes whose shape differs from a case's (use ``roi_size``).
     """
     gt_root, in_root, pred_root = Path(gt_dir), Path(input_dir), Path(pred_dir)
-    for name, folder in (("gt_dir", gt_root), ("input_dir", in_root)):
+    for name, folder in (("gt_dir", gt_root), ("input_dir", in_root), ("pred_dir", pred_root)):
         if not folder.is_dir():
             raise FileNotFoundError(f"{name} '{folder}' does not exist or is not a folder.")
     if not Path(train_datalist).is_file():
@@ -286,6 +286,12 @@ def compare_synthesis(
         for method, volume in candidates.items():
             rows.append({"case": case, "missing": missing, "method": method, **paired_metrics(volume, gt_n, brain)})
 
+    if not rows:  # nothing scored: a report of 0 cases would read as a result
+        reasons = "\n  ".join(f"{f['case']}: {f['reason']}" for f in failures[:5])
+        more = f"\n  ... ({len(failures)} in all)" if len(failures) > 5 else ""
+        raise ValueError(f"no case of gt_dir '{gt_root}' could be scored, so no report is written:\n  {reasons}{more}\n"
+                         f"pred_dir '{pred_root}' must hold '<case>-<missing>.nii.gz' predictions of these cases "
+                         "(is it the right folder?).")
     missing_contrasts = sorted({r["missing"] for r in rows}, key=lambda c: (contrasts.index(c), c))
     summary = {
         "num_cases": len({r["case"] for r in rows}),
