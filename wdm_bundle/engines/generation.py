@@ -139,7 +139,8 @@ class VolumeGenerator:
     def run(self) -> list[str]:
         """Sample and write every volume; returns the written NIfTI paths."""
         paths = self.output_paths()
-        existing = [str(p) for p in paths if p.exists()]
+        pngs = [p.with_name(p.name.replace(".nii.gz", ".png")) for p in paths] if self.save_png else []
+        existing = [str(p) for p in [*paths, *pngs] if p.exists()]  # PNG previews are the user's files too
         if existing and not self.overwrite:
             raise FileExistsError(
                 f"{len(existing)} output file(s) already exist, e.g. '{existing[0]}'; choose another --output_dir "

@@ -25,7 +25,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from monai.networks.schedulers import Scheduler
 from monai.networks.schedulers.ddpm import DDPMVarianceType
 from monai.utils import StrEnum
@@ -35,7 +34,7 @@ from wdm_bundle.data.transforms import Placement
 from wdm_bundle.diffusion.inferer import unwrap_model
 from wdm_bundle.diffusion.schedulers import Diffusion
 from wdm_bundle.networks.wavelet_unet import PAPER_CHANNELS, WaveletDiffusionUNet
-from wdm_bundle.utils import plain
+from wdm_bundle.utils import plain, torch_load
 
 __all__ = [
     "Task",
@@ -351,10 +350,7 @@ def authors_record(config: str, target_contrast: str | None = None) -> dict[str,
 
 
 def _load_state(path: Path) -> Any:
-    try:  # mmap: reads the small record, not the weights
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # torch's legacy (non-zip) format cannot be mapped
-        return torch.load(path, map_location="cpu", weights_only=True)
+    return torch_load(path, mmap=True)  # mmap: reads the small record, not the weights
 
 
 def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -370,10 +366,7 @@ def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint '{path}' does not exist; train first or pass --ckpt_path.")
-    try:
-        state = _load_state(path)
-    except Exception as e:
-        raise ValueError(f"'{path}' cannot be read as a checkpoint ({type(e).__name__}: {e}).") from None
+    state = _load_state(path)  # an unreadable file: UnreadableCheckpointError (a ValueError) naming it
     if not isinstance(state, Mapping):
         return None
     if "record" in state:
