@@ -15,6 +15,8 @@ import os
 import torch
 from torch import nn
 
+from wdm_bundle.utils import torch_load
+
 __all__ = ["MED3D_FEATURE_DIM", "Med3DBottleneck", "Med3DResNet50", "load_med3d_weights", "med3d_normalize"]
 
 MED3D_FEATURE_DIM = 2048
@@ -134,7 +136,7 @@ def load_med3d_weights(model: Med3DResNet50, path: str | os.PathLike) -> Med3DRe
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Med3D weights '{path}' do not exist (MedicalNet's resnet_50.pth is expected).")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = torch_load(path)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -32,6 +32,7 @@ from wdm_bundle.engines.checkpoint import atomic_save
 from wdm_bundle.networks.reference_unet import SkipMode, WDMUNet
 from wdm_bundle.networks.wavelet_unet import WaveletDiffusionUNet
 from wdm_bundle.networks.wavunet import WavUNet
+from wdm_bundle.utils import torch_load
 
 __all__ = [
     "ReferenceConfig",
@@ -316,7 +317,7 @@ def import_checkpoint_file(
             authors_record(config, target_contrast)  # a missing or wrong target fails before the file is read
     src, dst = _check_paths(src, dst, overwrite)
     sha = _sha256(src)
-    state = torch.load(src, map_location="cpu", weights_only=True)
+    state = torch_load(src)  # errors name the file
     config, weights = import_reference_state_dict(state, config)
     known = PUBLISHED_FILES.get(sha)
     if known:
@@ -344,7 +345,7 @@ def export_checkpoint_file(
     if config is not None:
         _get_config(config)
     src, dst = _check_paths(src, dst, overwrite)
-    ckpt = torch.load(src, map_location="cpu", weights_only=True)
+    ckpt = torch_load(src)
     if isinstance(ckpt, Mapping) and ckpt.get("diffusion", "ddpm") != "ddpm":
         raise ValueError(f"'{src}' was trained with diffusion='{ckpt['diffusion']}'; the reference code samples "
                          "x0-predicting DDPM models only, so it would misread these weights.")
