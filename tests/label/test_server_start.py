@@ -25,6 +25,7 @@ def test_a_task_with_unusable_weights_is_left_out(label_python, repo_root, tiny_
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint" * 64)
     studies = label_spec.make_studies(tmp_path / "studies", demo_case)
+    cases = sorted(p.name for p in studies.iterdir())
     conf = _conf(repo_root, label_spec, tiny_models, broken)
     with label_spec.run_server(label_python, repo_root, studies, tmp_path, conf) as server:
         assert "synthesis" in server["info"]["models"] and "generation" not in server["info"]["models"]
@@ -32,6 +33,8 @@ def test_a_task_with_unusable_weights_is_left_out(label_python, repo_root, tiny_
         log = server["log"].read_text()
     assert "'generation' task left out" in log and "broken.pt" in log
     assert broken.read_bytes() == b"not a checkpoint" * 64  # reported, not replaced
+    # serving a folder writes nothing into it (no labels/, datastore_v2.json): the command line still reads it
+    assert sorted(p.name for p in studies.iterdir()) == cases
 
 
 def test_non_loopback_host_without_auth_is_refused(label_python, repo_root, tiny_models, label_spec, tmp_path):
