@@ -36,26 +36,17 @@ FAST = [
 ]
 
 
+def _bundle_cmd(run_id, configs, bundle_root, *args, launcher=()):
+    """The command ``python [launcher] -m monai.bundle run <run_id>`` on ``configs/<configs>`` in ``bundle_root``."""
+    files = [str(REPO / "configs" / c) for c in configs]
+    return [sys.executable, *launcher, "-m", "monai.bundle", "run", run_id, "--config_file", repr(files),
+            "--meta_file", str(REPO / "configs" / "metadata.json"), "--logging_file",
+            str(REPO / "configs" / "logging.conf"), "--bundle_root", str(bundle_root), *map(str, args)]
+
+
 def _bundle(run_id, configs, bundle_root, *args):
     """``python -m monai.bundle run <run_id>`` on ``configs/<configs>`` in ``bundle_root``: (exit code, output)."""
-    files = [str(REPO / "configs" / c) for c in configs]
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        run_id,
-        "--config_file",
-        repr(files),
-        "--meta_file",
-        str(REPO / "configs" / "metadata.json"),
-        "--logging_file",
-        str(REPO / "configs" / "logging.conf"),
-        "--bundle_root",
-        str(bundle_root),
-        *map(str, args),
-    ]
-    return _run(cmd, bundle_root)
+    return _run(_bundle_cmd(run_id, configs, bundle_root, *args), bundle_root)
 
 
 def _run(cmd, cwd):
@@ -292,29 +283,9 @@ def test_torchrun_refusal_on_every_rank(tmp_path, demo_data):
     (tmp_path / "models").mkdir()
     torch.save({"trainer": {"iteration": 5}}, tmp_path / "models" / "checkpoint_00000005.pt")
     before = _snapshot(tmp_path)
-    files = [str(REPO / "configs" / c) for c in ("train.json", "demo.json", "multi_gpu_train.json")]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "monai.bundle",
-        "run",
-        "training",
-        "--config_file",
-        repr(files),
-        "--meta_file",
-        str(REPO / "configs" / "metadata.json"),
-        "--logging_file",
-        str(REPO / "configs" / "logging.conf"),
-        "--bundle_root",
-        str(tmp_path),
-        "--dataset_dir",
-        str(demo_data),
-        *FAST,
-    ]
+    torchrun = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+    cmd = _bundle_cmd("training", ["train.json", "demo.json", "multi_gpu_train.json"], tmp_path, "--dataset_dir",
+                      demo_data, *FAST, launcher=torchrun)
     rc, out = _run(cmd, tmp_path)
     assert rc != 0
     refusal = "already holds 1 checkpoint(s) (latest: checkpoint_00000005.pt); pass --resume true"
