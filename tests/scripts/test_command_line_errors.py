@@ -246,33 +246,12 @@ def test_compare_synthesis_refuses_missing_or_empty_pred_dir(tmp_path):
         ("empty", f"pred_dir '{tmp_path / 'empty'}' must hold"),
         ("wrong", f"pred_dir '{tmp_path / 'wrong'}' must hold"),
     ):
-        script = [
-            sys.executable,
-            str(REPO / "scripts" / "compare_synthesis.py"),
-            "--input_dir",
-            tmp_path / "pv",
-            "--gt_dir",
-            tmp_path / "gt",
-            "--pred_dir",
-            tmp_path / pred,
-            "--train_datalist",
-            datalist,
-        ]
+        args = ["--input_dir", tmp_path / "pv", "--gt_dir", tmp_path / "gt", "--pred_dir", tmp_path / pred,
+                "--train_datalist", datalist]
+        script = [sys.executable, REPO / "scripts" / "compare_synthesis.py", *args]
         rc, out = _run(list(map(str, script)), tmp_path)
         _assert_refused(rc, out, expected)
-        rc, out = _bundle(
-            "evaluate",
-            ["evaluate_synthesis.json"],
-            tmp_path,
-            "--input_dir",
-            tmp_path / "pv",
-            "--gt_dir",
-            tmp_path / "gt",
-            "--pred_dir",
-            tmp_path / pred,
-            "--train_datalist",
-            datalist,
-        )
+        rc, out = _bundle("evaluate", ["evaluate_synthesis.json"], tmp_path, *args)
         _assert_refused(rc, out, expected)
         assert _snapshot(tmp_path) == before and not (tmp_path / "typo").exists()
 
