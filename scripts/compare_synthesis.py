@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # repo root, fo
 
 import fire  # noqa: E402
 
-from wdm_bundle.metrics.synthesis_report import compare_synthesis as _compare  # noqa: E402
+from wdm_bundle.reports.synthesis import compare_synthesis as _compare  # noqa: E402
 from wdm_bundle.utils import install_error_report  # noqa: E402
 
 

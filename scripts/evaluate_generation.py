@@ -17,46 +17,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # repo root, fo
 
 import fire  # noqa: E402
 
-from wdm_bundle.metrics.generation_report import GenerationEvaluator  # noqa: E402
+from wdm_bundle.reports.generation import GenerationEvaluator  # noqa: E402
 
 
-def evaluate_generation(
-    real_dir: str,
-    fake_dir: str,
-    output_dir: str = "eval/generation",
-    value_range: tuple[float, float] = (-1.0, 1.0),
-    med3d_weights: str | None = None,
-    device: str = "cpu",
-    max_pairs: int | None = 1000,
-    seed: int = 0,
-    ms_ssim_weights: list[float] | None = None,
-    progress: bool = True,
-) -> str:
-    """Compare the NIfTI volumes of ``fake_dir`` with those of ``real_dir`` (same shape, same ``value_range``).
+def evaluate_generation(real_dir: str, fake_dir: str, output_dir: str = "eval/generation", **options) -> str:
+    """Compare the NIfTI volumes of ``fake_dir`` with those of ``real_dir`` (same shape, same ``data_range``).
+
+    The options are those of :class:`wdm_bundle.reports.GenerationEvaluator`.
 
     Example::
 
-        python scripts/evaluate_generation.py --real_dir real --fake_dir samples --value_range "[-1,1]" \\
+        python scripts/evaluate_generation.py --real_dir real --fake_dir samples --data_range "[-1,1]" \\
             --med3d_weights resnet_50.pth --max_pairs 1000
 
     Args:
         real_dir, fake_dir: folders of ``*.nii(.gz)`` volumes.
         output_dir: where metrics.json and real_vs_generated.png go.
-        value_range: intensity range of both sets, mapped to [0, 1].
+        data_range: intensity range of both sets, mapped to [0, 1] (default [-1, 1]).
         med3d_weights: MedicalNet resnet_50.pth; without it FID is skipped (and metrics.json says so).
-        device: torch device for Med3D.
-        max_pairs: MS-SSIM pairs per set (None = all).
-        seed: seed of the pair subset.
+        device: torch device for Med3D (default cpu).
+        max_pairs: MS-SSIM pairs per set (None = all; default 1000).
+        seed: seed of the pair subset (default 0).
         ms_ssim_weights: MS-SSIM scale weights (default: 5 scales, or fewer for volumes < 112^3).
-        progress: tqdm bars.
+        ms_ssim_kernel_size: Gaussian kernel size (default 7), num_preview: volumes per set in the PNG (default 3).
+        progress: tqdm bars (default True).
 
     Returns:
         Path of the written metrics.json (also printed).
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    metrics = GenerationEvaluator(real_dir, fake_dir, output_dir, value_range=value_range, med3d_weights=med3d_weights,
-                                  device=device, max_pairs=max_pairs, seed=seed, progress=progress,
-                                  ms_ssim_weights=ms_ssim_weights).run()
+    metrics = GenerationEvaluator(real_dir, fake_dir, output_dir, **options).run()
     print(json.dumps({k: v for k, v in metrics.items() if k != "files"}, indent=2))
     return metrics["files"]["metrics"]
 

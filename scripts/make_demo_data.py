@@ -17,22 +17,13 @@ import fire  # noqa: E402
 from wdm_bundle.data.demo import make_demo_dataset  # noqa: E402
 
 
-def make_demo_data(
-    output_dir: str = "demo_data",
-    num_cases: int = 40,
-    size: int | tuple[int, int, int] = 32,
-    num_test: int = 8,
-    seed: int = 0,
-    lesion_prob: float = 0.5,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> str:
+def make_demo_data(output_dir: str = "demo_data", **options) -> str:
     """Generate ``num_cases`` synthetic subjects (t1n, t1c, t2w, t2f, seg) and a datalist.json.
 
     Anatomy is a randomly deformed MNI152 2009a template from nilearn's wheel; about
     ``lesion_prob`` of the cases get a tumour-like lesion. The last ``num_test`` cases form the
     "test" split. Refuses to write into a folder that already holds a data set unless
-    ``--overwrite``.
+    ``--overwrite``. The options are those of :func:`wdm_bundle.data.demo.make_demo_dataset`.
 
     Example::
 
@@ -41,27 +32,18 @@ def make_demo_data(
 
     Args:
         output_dir: destination folder (created if needed).
-        num_cases: number of cases, >= 1.
-        size: grid size, an int (cube) or 3 ints like ``[64,64,48]``; each >= 8.
-        num_test: number of test cases, 0 <= num_test < num_cases.
-        seed: base seed; case i uses seed (seed, i).
-        lesion_prob: probability that a case has a lesion.
-        overwrite: allow writing into a folder that already holds a data set.
-        progress: show a progress bar.
+        num_cases: number of cases, >= 1 (default 40).
+        size: grid size, an int (cube) or 3 ints like ``[64,64,48]``; each >= 8 (default 32).
+        num_test: number of test cases, 0 <= num_test < num_cases (default 8).
+        seed: base seed; case i uses seed (seed, i) (default 0).
+        lesion_prob: probability that a case has a lesion (default 0.5).
+        overwrite: allow writing into a folder that already holds a data set (default False).
+        progress: show a progress bar (default True).
 
     Returns:
         Path of the written datalist.json.
     """
-    return make_demo_dataset(
-        output_dir,
-        num_cases=num_cases,
-        size=size,
-        num_test=num_test,
-        seed=seed,
-        lesion_prob=lesion_prob,
-        overwrite=overwrite,
-        progress=progress,
-    )
+    return make_demo_dataset(output_dir, **options)
 
 
 if __name__ == "__main__":

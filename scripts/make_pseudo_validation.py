@@ -15,27 +15,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # repo root, fo
 
 import fire  # noqa: E402
 
-from wdm_bundle.data.demo import CONTRASTS  # noqa: E402
+from wdm_bundle.data.io import CONTRASTS  # noqa: E402
 from wdm_bundle.data.pseudo_validation import make_pseudo_validation as _make  # noqa: E402
 
 
 def make_pseudo_validation(
-    input_dir: str | None = None,
-    output_dir: str = "pseudo_val",
-    gt_dir: str = "pseudo_val_gt",
-    seed: int = 0,
-    contrasts: list[str] | tuple[str, ...] = CONTRASTS,
-    cases: list[str] | None = None,
-    datalist: str | None = None,
-    split: str = "test",
-    keep_seg: bool = False,
-    overwrite: bool = False,
+    input_dir: str | None = None, output_dir: str = "pseudo_val", gt_dir: str = "pseudo_val_gt", **options
 ) -> str:
     """Copy complete cases to ``output_dir`` minus one contrast each, which goes to ``gt_dir``.
 
     The dropped contrast of a case depends only on (seed, case name). Writes
     ``<output_dir>/missing.json`` ({case: contrast}); incomplete cases are reported and skipped.
-    Refuses non-empty ``output_dir``/``gt_dir`` unless ``--overwrite``.
+    Refuses non-empty ``output_dir``/``gt_dir`` unless ``--overwrite``. The options are those of
+    :func:`wdm_bundle.data.pseudo_validation.make_pseudo_validation`.
 
     Example::
 
@@ -48,23 +40,20 @@ def make_pseudo_validation(
             folder of ``--datalist``.
         output_dir: destination of the cases with one contrast missing.
         gt_dir: destination of the dropped contrasts, ``<gt_dir>/<case>/<case>-<contrast>.nii.gz``.
-        seed: non-negative seed.
-        contrasts: the contrasts of a complete case; one of them is dropped.
+        seed: non-negative seed (default 0).
+        contrasts: the contrasts of a complete case; one of them is dropped (default t1n, t1c, t2w, t2f).
         cases: only these case names (not with ``--datalist``).
         datalist: pick the cases of a datalist JSON's ``--split``.
-        split: datalist split, e.g. ``test``.
-        keep_seg: also copy ``<case>-seg``.
-        overwrite: write into non-empty folders (the written cases' folders are replaced).
+        split: datalist split (default ``test``).
+        keep_seg: also copy ``<case>-seg`` (default False).
+        overwrite: write into non-empty folders (the written cases' folders are replaced; default False).
 
     Returns:
         Path of the written missing.json.
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    missing = _make(
-        input_dir, output_dir, gt_dir, seed=seed, contrasts=contrasts, cases=cases, datalist=datalist, split=split,
-        keep_seg=keep_seg, overwrite=overwrite,
-    )
-    counts = {c: sum(v == c for v in missing.values()) for c in contrasts}
+    missing = _make(input_dir, output_dir, gt_dir, **options)
+    counts = {c: sum(v == c for v in missing.values()) for c in options.get("contrasts", CONTRASTS)}
     print(f"{len(missing)} case(s) written; dropped: " + ", ".join(f"{c} {n}" for c, n in counts.items()))
     return str(Path(output_dir) / "missing.json")
 

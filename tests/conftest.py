@@ -9,6 +9,8 @@ ROOT = Path(__file__).resolve().parents[1]
 for _path in (ROOT, ROOT / "tests"):  # tests/workflow_helpers.py is imported by the workflow tests
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
+if str(ROOT / "scripts") not in sys.path:  # `benchmarking` (scripts/benchmarking/: the benchmark's measuring code)
+    sys.path.append(str(ROOT / "scripts"))
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

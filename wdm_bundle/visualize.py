@@ -21,10 +21,10 @@ def middle_slices(volume: np.ndarray | torch.Tensor) -> list[np.ndarray]:
     return [np.rot90(v[d // 2]), np.rot90(v[:, h // 2]), np.rot90(v[:, :, w // 2])]
 
 
-def slices_grid(volumes: Sequence[np.ndarray | torch.Tensor], value_range: Sequence[float]) -> np.ndarray:
+def slices_grid(volumes: Sequence[np.ndarray | torch.Tensor], data_range: Sequence[float]) -> np.ndarray:
     """Tile middle slices: one row per volume, three columns; returns (rows*S, 3*S) in [0, 1]."""
     rows = []
-    lo, hi = value_range
+    lo, hi = data_range
     for vol in volumes:
         tiles = middle_slices(vol)
         size = max(max(t.shape) for t in tiles)
@@ -36,7 +36,7 @@ def slices_grid(volumes: Sequence[np.ndarray | torch.Tensor], value_range: Seque
 def save_slices_png(
     volumes: Sequence[np.ndarray | torch.Tensor],
     path: str | os.PathLike,
-    value_range: Sequence[float] = (-1.0, 1.0),
+    data_range: Sequence[float] = (-1.0, 1.0),
     titles: Sequence[str] | None = None,
 ) -> str:
     """Write a PNG with the three orthogonal middle slices of each volume (one row each)."""
@@ -49,7 +49,7 @@ def save_slices_png(
     fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.6 * n), squeeze=False)
     for i, vol in enumerate(volumes):
         for j, (tile, name) in enumerate(zip(middle_slices(vol), ("axis 0", "axis 1", "axis 2"))):
-            axes[i, j].imshow(tile, cmap="gray", vmin=value_range[0], vmax=value_range[1])
+            axes[i, j].imshow(tile, cmap="gray", vmin=data_range[0], vmax=data_range[1])
             axes[i, j].set_axis_off()
             if i == 0:
                 axes[i, j].set_title(name, fontsize=9)

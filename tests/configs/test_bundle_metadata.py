@@ -2,6 +2,7 @@
 
 import copy
 import hashlib
+import importlib.metadata
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, download_large_files, verify_metadata, verify_net_in_out
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
@@ -78,7 +80,7 @@ def test_metadata_verifies_offline_against_the_schema_copy(repo_root, offline):
 
 def test_without_the_schema_copy_monai_would_download(repo_root, tmp_path, offline):
     """The copy is what keeps the check offline: without it MONAI tries the schema URL (refused here)."""
-    with pytest.raises(Exception):
+    with pytest.raises(OSError, match="network access attempted"):  # urllib's URLError around the refusal
         verify_metadata(meta_file=str(repo_root / "configs" / "metadata.json"), filepath=str(tmp_path / "schema.json"))
     assert not (tmp_path / "schema.json").exists()
 
@@ -86,8 +88,18 @@ def test_without_the_schema_copy_monai_would_download(repo_root, tmp_path, offli
 @pytest.mark.slow
 def test_verify_metadata_cli_offline(repo_root):
     """The command documented in docs/README.md, with the network refused in the subprocess."""
-    cmd = [sys.executable, "-c", _OFFLINE_CLI, "verify_metadata", "--meta_file", "configs/metadata.json",
-           "--filepath", SCHEMA, "--hash_val", SCHEMA_MD5]
+    cmd = [
+        sys.executable,
+        "-c",
+        _OFFLINE_CLI,
+        "verify_metadata",
+        "--meta_file",
+        "configs/metadata.json",
+        "--filepath",
+        SCHEMA,
+        "--hash_val",
+        SCHEMA_MD5,
+    ]
     result = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "metadata is verified with no error" in result.stderr + result.stdout
@@ -100,6 +112,7 @@ def _drop(path):
         for key in parents:
             node = node[key]
         del node[last]
+
     return edit
 
 
@@ -110,6 +123,7 @@ def _set(path, value):
         for key in parents:
             node = node[key]
         node[last] = value
+
     return edit
 
 
@@ -124,8 +138,15 @@ def _set(path, value):
         _drop(["cwdm_unified_data_format", "outputs", "pred", "dtype"]),
         _drop(["cwdm_per_contrast_data_format", "inputs"]),
     ],
-    ids=["no network_data_format", "no monai_version", "version not a string", "references not a list",
-         "num_channels not an integer", "pred without dtype", "cwdm format without inputs"],
+    ids=[
+        "no network_data_format",
+        "no monai_version",
+        "version not a string",
+        "references not a list",
+        "num_channels not an integer",
+        "pred without dtype",
+        "cwdm format without inputs",
+    ],
 )
 def test_broken_metadata_fails(repo_root, metadata, tmp_path, offline, edit):
     broken = copy.deepcopy(metadata)
@@ -158,6 +179,44 @@ def test_pinned_versions_match_the_declared_dependencies(repo_root, metadata):
         assert name in declared, f"{name} is pinned in metadata.json but not a dependency in pyproject.toml"
         assert Version(version) in declared[name].specifier, (name, version, str(declared[name]))
     assert set(declared) - {"torch", "monai", "numpy"} == set(pins)
+
+
+def _pins(metadata):
+    """``{distribution: version}`` of every version pin in metadata.json."""
+    pins = {
+        "monai": metadata["monai_version"],
+        "torch": metadata["pytorch_version"],
+        "numpy": metadata["numpy_version"],
+    }
+    for key in ("required_packages_version", "optional_packages_version"):
+        pins.update({canonicalize_name(k): v for k, v in metadata.get(key, {}).items()})
+    return pins
+
+
+def test_pins_install_on_the_oldest_supported_python(repo_root, metadata):
+    """The model zoo installs the pins together on its CI Python: each must support pyproject's oldest Python.
+
+    Checked offline for each pin installed here at exactly that version (the others, lowered to the newest release
+    for that Python, cannot be read without the index): its Requires-Python admits the oldest supported Python, and
+    its requirements admit the other pins.
+    """
+    supported = SpecifierSet(_pyproject(repo_root)["requires-python"])
+    oldest = next(v for v in (f"3.{minor}" for minor in range(8, 30)) if Version(v) in supported)
+    environment = {"python_version": oldest, "python_full_version": f"{oldest}.0", "extra": ""}
+    pins = _pins(metadata)
+    checked = []
+    for name, pin in pins.items():
+        dist = importlib.metadata.distribution(name)
+        if Version(dist.version).public != Version(pin).public:  # torch's local "+cpu" aside
+            continue
+        requires_python = dist.metadata.get("Requires-Python") or ""
+        assert Version(oldest) in SpecifierSet(requires_python), f"{name}=={pin} needs Python {requires_python}"
+        for requirement in map(Requirement, dist.requires or []):
+            other = canonicalize_name(requirement.name)
+            if other in pins and (requirement.marker is None or requirement.marker.evaluate(environment)):
+                assert Version(pins[other]) in requirement.specifier, f"{name}=={pin} requires {requirement}"
+        checked.append(name)
+    assert {"monai", "torch"} <= set(checked), checked
 
 
 @pytest.mark.parametrize("name", list(FORMATS))
@@ -200,9 +259,16 @@ def test_verify_net_in_out(repo_root, metadata, name):
         "_meta_#network_data_format#inputs#image#num_channels": metadata[name]["inputs"]["image"]["num_channels"],
         "_meta_#network_data_format#inputs#image#spatial_shape": [16, 16, 16],
     }
-    kwargs = dict(net_id="network_def", meta_file=str(repo_root / "configs" / "metadata.json"),
-                  config_file=[str(repo_root / "configs" / c) for c in configs], device="cpu",
-                  extra_forward_args={"timesteps": 999}, **SMALL_NET, **override, **meta)
+    kwargs = dict(
+        net_id="network_def",
+        meta_file=str(repo_root / "configs" / "metadata.json"),
+        config_file=[str(repo_root / "configs" / c) for c in configs],
+        device="cpu",
+        extra_forward_args={"timesteps": 999},
+        **SMALL_NET,
+        **override,
+        **meta,
+    )
     verify_net_in_out(**kwargs)
     with pytest.raises(ValueError, match="output channel number"):
         verify_net_in_out(**kwargs, **{"_meta_#network_data_format#outputs#pred#num_channels": 9})
@@ -213,10 +279,27 @@ def test_verify_net_in_out(repo_root, metadata, name):
 @pytest.mark.slow
 def test_verify_net_in_out_cli(repo_root):
     """The documented command (metadata shape 64^3), with a small network for speed."""
-    cmd = [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file",
-           "configs/metadata.json", "--config_file", "configs/inference.json", "--extra_forward_args",
-           "{'timesteps': 999}", "--device", "cpu", "--network_def#channels", "[16,32,32]",
-           "--network_def#num_res_blocks", "1", "--network_def#norm_num_groups", "8"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "verify_net_in_out",
+        "network_def",
+        "--meta_file",
+        "configs/metadata.json",
+        "--config_file",
+        "configs/inference.json",
+        "--extra_forward_args",
+        "{'timesteps': 999}",
+        "--device",
+        "cpu",
+        "--network_def#channels",
+        "[16,32,32]",
+        "--network_def#num_res_blocks",
+        "1",
+        "--network_def#norm_num_groups",
+        "8",
+    ]
     result = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "data shape of network is verified with no error" in result.stderr + result.stdout
@@ -230,8 +313,11 @@ def test_large_files_list_every_weight_file_the_configs_load(repo_root):
     entries = _large_files(repo_root)
     wdm = _parser(repo_root, ["inference.json"])
     cwdm = _parser(repo_root, ["inference_cwdm.json"])
-    loaded = [wdm.get_parsed_content("ckpt_path"), cwdm.get_parsed_content("ckpt_path"),
-              *cwdm.get_parsed_content("ckpt_paths").values()]
+    loaded = [
+        wdm.get_parsed_content("ckpt_path"),
+        cwdm.get_parsed_content("ckpt_path"),
+        *cwdm.get_parsed_content("ckpt_paths").values(),
+    ]
     assert sorted(e["path"] for e in entries) == sorted(os.path.normpath(p) for p in loaded)
     assert len(loaded) == 6
     for e in entries:
@@ -252,9 +338,24 @@ def test_download_large_files_keeps_existing_weights_offline(repo_root, tmp_path
 
 
 ZOO_README_HEADINGS = [
-    "# Model Overview", "## Data", "## Preprocessing", "## Training configuration", "## Performance",
-    "## MONAI Bundle Commands", "### Execute training", "### Execute multi-GPU training",
-    "### Override the `train` config", "### Execute inference", "## References", "# License",
+    "# Model Overview",
+    "### Example images",
+    "## Data",
+    "## Preprocessing",
+    "## Training configuration",
+    "## Performance",
+    "## System requirements",
+    "## MONAI Bundle Commands",
+    "### Execute training",
+    "### Execute multi-GPU training",
+    "### Override the `train` config",
+    "### Execute inference",
+    "### Prepare the real reference set",
+    "### Export",
+    "## Limitations",
+    "## Citation",
+    "## References",
+    "# License",
 ]
 
 
@@ -264,15 +365,28 @@ def test_docs_readme_follows_the_zoo_layout(repo_root):
     positions = [headings.index(h) for h in ZOO_README_HEADINGS]
     assert positions == sorted(positions), headings
     # every file it names exists
-    names = set(re.findall(r"(?<![\w/])(?:configs|docs|schema|scripts|tests/configs)/[\w.\-]+\.(?:json|md|txt|py)", text))
+    names = set(
+        re.findall(r"(?<![\w/])(?:configs|docs|schema|scripts|tests/configs)/[\w.\-]+\.(?:json|md|txt|py)", text)
+    )
     assert {"configs/metadata.json", "docs/data_license.txt", SCHEMA} <= names
     assert not [n for n in names if not (repo_root / n).exists()]
     assert SCHEMA_MD5 in text and "--extra_forward_args" in text
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert len(images) >= 2 and all((repo_root / "docs" / i).is_file() for i in images), images
+    assert "arXiv:2402.19043" in text and "arXiv:2411.17203" in text  # the papers to cite
 
 
 def test_data_license_names_every_data_source(repo_root, metadata):
     text = (repo_root / "docs" / "data_license.txt").read_text()
-    for needle in ("BraTS", "synapse.org", "LIDC-IDRI", "CC BY 3.0", "CC BY-NC 4.0", "MNI152 2009a",
-                   "Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre", "nilearn"):
+    for needle in (
+        "BraTS",
+        "synapse.org",
+        "LIDC-IDRI",
+        "CC BY 3.0",
+        "CC BY-NC 4.0",
+        "MNI152 2009a",
+        "Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre",
+        "nilearn",
+    ):
         assert needle in text, needle
     assert "docs/data_license.txt" in metadata["data_source"]

@@ -114,7 +114,7 @@ def test_ddp_resume_is_exact(repo_root, demo_data, tmp_path):
 
 
 def test_ddp_cwdm_with_tracking(repo_root, demo_data, tmp_path):
-    _torchrun(repo_root, tmp_path, ["train.json", "train_cwdm.json", "demo_cwdm.json", "multi_gpu_train.json"],
+    _torchrun(repo_root, tmp_path, ["train.json", "train_cwdm.json", "demo.json", "multi_gpu_train.json"],
               "training", "--dataset_dir", demo_data, "--num_iterations", 2, "--save_every", 100,
               "--preview_every", 2, "--preview_steps", 2, "--log_every", 1, "--batch_size", 2,
               "--tracking", "mlflow")
@@ -131,9 +131,9 @@ def test_ddp_cwdm_with_tracking(repo_root, demo_data, tmp_path):
 def test_split_sampling_matches_one_process(repo_root, ddp_run, tmp_path):
     """2 ranks write exactly the files and voxels of a 1-process run (DDPM, uneven batches), no collisions."""
     common = {"num_samples": 5, "batch_size": 2, "sampler": "ddpm", "num_inference_steps": 4, "progress": False}
-    _torchrun(repo_root, ddp_run, ["inference.json", "demo.json", "multi_gpu_inference.json"], "inference",
+    _torchrun(repo_root, ddp_run, ["inference.json", "multi_gpu_inference.json"], "inference",
               "--output_dir", tmp_path / "split", *[x for k, v in common.items() for x in (f"--{k}", v)])
-    wf = ConfigWorkflow(config_file=[str(repo_root / "configs" / c) for c in ("inference.json", "demo.json")],
+    wf = ConfigWorkflow(config_file=[str(repo_root / "configs" / c) for c in ("inference.json",)],
                         workflow_type="infer", bundle_root=str(ddp_run), output_dir=str(tmp_path / "single"), **common)
     wf.initialize()
     wf.run()

@@ -51,12 +51,13 @@ def test_train_resume_and_infer(repo_root, demo_data, tmp_path):
     assert torch.load(tmp_path / "models" / "model.pt", weights_only=True)["iteration"] == 75
 
     out = tmp_path / "samples"
-    wf = _workflow(repo_root, ["inference.json", "demo.json"], "infer", bundle_root=str(tmp_path),
+    wf = _workflow(repo_root, ["inference.json"], "infer", bundle_root=str(tmp_path),
                    output_dir=str(out), num_samples=3, batch_size=2, num_inference_steps=5, progress=False)
     wf.run()
     files = sorted(out.glob("*.nii.gz"))
     assert [f.name for f in files] == ["sample_0000.nii.gz", "sample_0001.nii.gz", "sample_0002.nii.gz"]
-    spacing = wf.parser.get_parsed_content("spacing")
+    spacing = wf.parser.get_parsed_content("record")["spacing"]
+    assert spacing == [5.0, 6.0, 5.0]  # recorded by training: the demo data's voxel size (160x192x160 mm / 32)
     for f in files:
         img = nib.load(f)
         assert img.shape == (32, 32, 32) and img.get_data_dtype() == np.float32
@@ -66,7 +67,7 @@ def test_train_resume_and_infer(repo_root, demo_data, tmp_path):
         assert data.min() >= -1 - 1e-6 and data.max() <= 1 + 1e-6 and data.std() > 0
         assert f.with_name(f.name.replace(".nii.gz", ".png")).exists()
     with pytest.raises(Exception) as err:
-        _workflow(repo_root, ["inference.json", "demo.json"], "infer", bundle_root=str(tmp_path),
+        _workflow(repo_root, ["inference.json"], "infer", bundle_root=str(tmp_path),
                   output_dir=str(out), num_samples=3, num_inference_steps=5, progress=False).run()
     assert "output file(s) already exist" in _messages(err.value)
 
@@ -92,7 +93,7 @@ def test_learning_is_real(repo_root, demo_data, tmp_path):
 
     def sample(root, use_ema):
         out = root / "samples"
-        wf = _workflow(repo_root, ["inference.json", "demo.json"], "infer", bundle_root=str(root), output_dir=str(out),
+        wf = _workflow(repo_root, ["inference.json"], "infer", bundle_root=str(root), output_dir=str(out),
                        num_samples=8, batch_size=8, num_inference_steps=10, use_ema=use_ema, save_png=False,
                        progress=False)
         wf.run()
@@ -148,7 +149,7 @@ def test_image_space_ddpm_baseline_config(repo_root, demo_data, tmp_path):
     assert net.space == "image" and net.in_channels == 1
     wf.run()
     wf.finalize()
-    wf = _workflow(repo_root, ["inference.json", "demo.json", "ddpm_image_space.json"], "infer",
+    wf = _workflow(repo_root, ["inference.json"], "infer",
                    bundle_root=str(tmp_path), num_samples=1, num_inference_steps=2, progress=False)
     wf.run()
     assert nib.load(tmp_path / "samples" / "sample_0000.nii.gz").shape == (32, 32, 32)

@@ -19,10 +19,23 @@ SAMPLING = {"sampler": "ddim", "num_inference_steps": 2, "progress": False, "sav
 def _run(repo_root, configs, workflow_type, **override):
     return run_workflow(repo_root, configs, workflow_type, check_properties=True, **override)
 
+
 def _train_override(root, demo_data):
-    return dict(bundle_root=str(root), dataset_dir=str(demo_data), datalist=str(demo_data / "datalist.json"),
-                roi_size=None, batch_size=2, num_iterations=4, epoch_length=2, save_every=4, preview_every=0,
-                num_workers=0, cache_rate=0.0, ema_warmup_iters=1, **SMALL)
+    return dict(
+        bundle_root=str(root),
+        dataset_dir=str(demo_data),
+        datalist=str(demo_data / "datalist.json"),
+        roi_size=None,
+        batch_size=2,
+        num_iterations=4,
+        epoch_length=2,
+        save_every=4,
+        preview_every=0,
+        num_workers=0,
+        cache_rate=0.0,
+        ema_warmup_iters=1,
+        **SMALL,
+    )
 
 
 def test_wdm_train_then_infer(repo_root, demo_data, tmp_path):
@@ -32,8 +45,17 @@ def test_wdm_train_then_infer(repo_root, demo_data, tmp_path):
     ckpt = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert ckpt["iteration"] == 4 and set(ckpt) >= {"model", "ema"}
 
-    wf = _run(repo_root, ["inference.json"], "infer", bundle_root=str(tmp_path), image_size=[32, 32, 32],
-              num_samples=2, batch_size=2, **SAMPLING, **SMALL)
+    wf = _run(
+        repo_root,
+        ["inference.json"],
+        "infer",
+        bundle_root=str(tmp_path),
+        image_size=[32, 32, 32],
+        num_samples=2,
+        batch_size=2,
+        **SAMPLING,
+        **SMALL,
+    )
     assert wf.dataset == [0, 1] and wf.evaluator is wf.parser.get_parsed_content("generator")
     files = sorted((tmp_path / "samples").glob("*.nii.gz"))
     assert [f.name for f in files] == ["sample_0000.nii.gz", "sample_0001.nii.gz"]
@@ -59,8 +81,17 @@ def test_cwdm_train_then_infer(repo_root, demo_data, tmp_path):
 
     cases = _missing_contrast_cases(demo_data, tmp_path / "val")
     out = tmp_path / "synthesis"
-    wf = _run(repo_root, ["inference_cwdm.json"], "infer", bundle_root=str(tmp_path), dataset_dir=str(tmp_path / "val"),
-              output_dir=str(out), roi_size=None, **SAMPLING, **SMALL)
+    wf = _run(
+        repo_root,
+        ["inference_cwdm.json"],
+        "infer",
+        bundle_root=str(tmp_path),
+        dataset_dir=str(tmp_path / "val"),
+        output_dir=str(out),
+        roi_size=None,
+        **SAMPLING,
+        **SMALL,
+    )
     assert [p.name for p in wf.dataset] == sorted(cases)
     for case, missing in cases.items():
         ref = nib.load(demo_data / case / f"{case}-t1n.nii.gz")

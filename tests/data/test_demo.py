@@ -12,7 +12,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from wdm_bundle.data.demo import CONTRASTS, load_mni_templates, make_demo_dataset, make_demo_subject
+from wdm_bundle.data.demo import load_mni_templates, make_demo_dataset, make_demo_subject
+from wdm_bundle.data.io import CONTRASTS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

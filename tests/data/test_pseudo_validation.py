@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from wdm_bundle.data.datalists import find_case_files
+from wdm_bundle.data.io import find_case_files
 from wdm_bundle.data.pseudo_validation import choose_missing, make_pseudo_validation
 
 CONTRASTS = ("t1n", "t1c", "t2w", "t2f")
@@ -29,7 +29,10 @@ def cases_dir(tmp_path) -> Path:
             if i == 6 and key == "t2f":
                 continue
             (root / case).mkdir(parents=True, exist_ok=True)
-            nib.save(nib.Nifti1Image(rng.random((4, 4, 4)).astype(np.float32), np.eye(4)), root / case / f"{case}-{key}.nii.gz")
+            nib.save(
+                nib.Nifti1Image(rng.random((4, 4, 4)).astype(np.float32), np.eye(4)),
+                root / case / f"{case}-{key}.nii.gz",
+            )
     return root
 
 
@@ -81,8 +84,14 @@ def test_refuses_non_empty_and_overwrite(cases_dir, tmp_path):
 
 def test_datalist_split_and_errors(cases_dir, tmp_path):
     datalist = cases_dir / "datalist.json"
-    datalist.write_text(json.dumps({"training": [{"case": "BraTS-GLI-00000-000"}],
-                                    "test": [{"case": "BraTS-GLI-00004-000"}, {"case": "BraTS-GLI-00006-000"}]}))
+    datalist.write_text(
+        json.dumps(
+            {
+                "training": [{"case": "BraTS-GLI-00000-000"}],
+                "test": [{"case": "BraTS-GLI-00004-000"}, {"case": "BraTS-GLI-00006-000"}],
+            }
+        )
+    )
     missing = make_pseudo_validation(None, tmp_path / "o", tmp_path / "g", datalist=datalist, split="test")
     assert list(missing) == ["BraTS-GLI-00004-000"]  # 00006 lacks t2f
     with pytest.raises(FileNotFoundError, match="nope"):
@@ -94,12 +103,15 @@ def test_datalist_split_and_errors(cases_dir, tmp_path):
 
 
 def test_script_function(cases_dir, tmp_path):
-    spec = importlib.util.spec_from_file_location("make_pseudo_validation", REPO_ROOT / "scripts" / "make_pseudo_validation.py")
+    spec = importlib.util.spec_from_file_location(
+        "make_pseudo_validation", REPO_ROOT / "scripts" / "make_pseudo_validation.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert "python scripts/make_pseudo_validation.py --input_dir" in module.make_pseudo_validation.__doc__
-    path = module.make_pseudo_validation(str(cases_dir), str(tmp_path / "o"), str(tmp_path / "g"),
-                                         contrasts=["t1n", "t2w"], cases="BraTS-GLI-00001-000")
+    path = module.make_pseudo_validation(
+        str(cases_dir), str(tmp_path / "o"), str(tmp_path / "g"), contrasts=["t1n", "t2w"], cases="BraTS-GLI-00001-000"
+    )
     missing = json.loads(Path(path).read_text())
     assert list(missing) == ["BraTS-GLI-00001-000"] and missing["BraTS-GLI-00001-000"] in ("t1n", "t2w")
     assert len(find_case_files(tmp_path / "o" / "BraTS-GLI-00001-000")) == 1

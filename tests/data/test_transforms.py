@@ -107,3 +107,23 @@ def test_training_and_inference_preprocess_a_case_identically(repo_root, tmp_pat
     assert (stacked[:, :, :, 29:] == -1.0).all()  # padding (at the end of depth) is background, not mid-grey
     for i, c in enumerate(contrasts):
         torch.testing.assert_close(stacked[i], framed[c][0].as_tensor(), atol=0, rtol=0)
+
+
+def test_training_spacing_follows_monai_orientation_and_resampling(tmp_path):
+    """The recorded voxel size = MONAI's pixdim after `Orientationd` to RAS, times framed size / image size."""
+    from monai.transforms import EnsureChannelFirstd, LoadImaged, Orientationd
+
+    from wdm_bundle.data import training_spacing
+
+    affine = np.zeros((4, 4))
+    affine[2, 0], affine[0, 1], affine[1, 2], affine[3, 3] = 1.1, -0.9, 1.3, 1.0  # voxel axes -> S, L, A
+    path = tmp_path / "case-t1n.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((37, 41, 29), np.float32), affine), path)
+    item = Orientationd("image", axcodes="RAS")(EnsureChannelFirstd("image")(LoadImaged("image")({"image": path})))
+    pixdim, shape = np.asarray(item["image"].pixdim, float), np.asarray(item["image"].shape[1:], float)
+    assert list(shape) == [41, 29, 37]
+    datalist = [{"image": str(path)}]
+    np.testing.assert_allclose(training_spacing(datalist, "image", [20, 20, 20], None, "RAS"), pixdim * shape / 20)
+    np.testing.assert_allclose(training_spacing(datalist, "image", [32, 32, 32], [64, 64, 64], "RAS"), pixdim * 2)
+    np.testing.assert_allclose(training_spacing(datalist, "image", None, None, "RAS"), pixdim)
+    np.testing.assert_allclose(training_spacing(datalist, "image", None, None, None), [1.1, 0.9, 1.3])

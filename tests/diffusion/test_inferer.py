@@ -1,11 +1,10 @@
 import pytest
 import torch
+from oracles import Oracle
 from torch import nn
 
 from wdm_bundle.diffusion import WaveletDiffusionInferer, make_scheduler
 from wdm_bundle.wavelets import HaarWavelet3D
-
-from oracles import Oracle
 
 
 def _target(value_range=(-1, 1)):

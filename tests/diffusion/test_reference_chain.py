@@ -8,12 +8,17 @@ import pytest
 import pywt
 import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+from oracles import AffineOracle
 
-from wdm_bundle.diffusion import DDIMScheduler64, DDPMScheduler64, WaveletDiffusionInferer, make_scheduler
+from wdm_bundle.diffusion import (
+    DDIMScheduler64,
+    DDPMScheduler64,
+    WaveletDiffusionInferer,
+    make_scheduler,
+    training_scheduler,
+)
 from wdm_bundle.diffusion.schedulers import FLOAT64_SCHEDULES
 from wdm_bundle.wavelets import HaarWavelet3D
-
-from oracles import AffineOracle
 
 T = 1000
 BANDS = ("aaa", "aad", "ada", "add", "daa", "dad", "dda", "ddd")  # pywt keys of LLL, LLH, ..., HHH over (D, H, W)
@@ -180,15 +185,15 @@ RFLOW_KEYS = {"num_train_timesteps", "timestep_sampling", "timestep_loc", "times
 
 
 @pytest.mark.parametrize(
-    "sampler,kwargs",
+    "build,sampler,kwargs",
     [
-        ("ddpm", dict(num_train_timesteps=500, beta_end=0.03, variance_type="fixed_small")),
-        ("ddim", dict(schedule="scaled_linear_beta")),
-        ("rflow_x0", dict(timestep_sampling="logit-normal", timestep_loc=0.8, timestep_scale=0.7)),
+        (training_scheduler, "ddpm", dict(num_train_timesteps=500, beta_end=0.03, variance_type="fixed_small")),
+        (make_scheduler, "ddim", dict(schedule="scaled_linear_beta")),
+        (training_scheduler, "rflow_x0", dict(timestep_sampling="logit-normal", timestep_loc=0.8, timestep_scale=0.7)),
     ],
 )
-def test_schedule_config_rebuilds_the_schedule(sampler, kwargs):
-    s = make_scheduler(sampler, **kwargs)
+def test_schedule_config_rebuilds_the_schedule(build, sampler, kwargs):
+    s = build(sampler, **kwargs)  # a training objective's scheduler, or a sampler's
     config = s.schedule_config
     assert set(config) == (RFLOW_KEYS if sampler.startswith("rflow") else DDPM_KEYS)
     assert all(type(v) in (int, float, str) for v in config.values())

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from monai.networks.schedulers import RFlowScheduler
+from oracles import Oracle as X0Oracle
 from torch import nn
 
 from wdm_bundle.diffusion import WaveletDiffusionInferer, check_sampler, diffusion_of, make_scheduler
@@ -10,8 +11,6 @@ from wdm_bundle.diffusion.schedulers import RFLOW_X0_MIN_T
 from wdm_bundle.engines import TrainingCheckpointer, WaveletPrepareBatch, atomic_save, load_weights, trained_diffusion
 from wdm_bundle.networks import WaveletDiffusionUNet
 from wdm_bundle.wavelets import HaarWavelet3D
-
-from oracles import Oracle as X0Oracle
 
 
 class VelocityOracle(nn.Module):
@@ -65,8 +64,9 @@ def test_rflow_x0_objective_samples_the_predicted_x0(steps):
     # without the clamp the sample is the unclamped x0; read as a velocity, the same output is not
     raw = inferer.sample(torch.randn(1, 8, 4, 4, 4), model, verbose=False, clamp=False, decode=False)
     torch.testing.assert_close(raw, model.target, atol=1e-5, rtol=0)
-    wrong = WaveletDiffusionInferer(make_scheduler("rflow", steps)).sample(torch.randn(1, 8, 4, 4, 4), model,
-                                                                          verbose=False, clamp=False, decode=False)
+    wrong = WaveletDiffusionInferer(make_scheduler("rflow", steps)).sample(
+        torch.randn(1, 8, 4, 4, 4), model, verbose=False, clamp=False, decode=False
+    )
     assert (wrong - model.target).abs().max() > 0.1
 
 
@@ -86,8 +86,12 @@ def test_rflow_x0_training_target_matches_the_prediction():
     assert torch.equal(target[0], torch.zeros_like(target[0]))  # t = 0: x_t is x0, nothing to move
     # a wrong x0 costs its error divided by max(t/T, floor)
     wrong = inferer(x0, X0Oracle(x0 + 0.1), **kw)
-    torch.testing.assert_close(wrong - target, torch.full_like(target, 0.1) / torch.tensor(
-        [0.05, 0.05, 0.05, 0.05, 0.05, 0.999]).view(-1, 1, 1, 1, 1), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        wrong - target,
+        torch.full_like(target, 0.1) / torch.tensor([0.05, 0.05, 0.05, 0.05, 0.05, 0.999]).view(-1, 1, 1, 1, 1),
+        atol=1e-4,
+        rtol=1e-4,
+    )
 
 
 def test_rflow_timestep_sampling_is_configurable():
@@ -175,7 +179,7 @@ def test_rflow_training_learns(diffusion):
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     torch.manual_seed(0)
     for i in range(60):
-        x0, target, _, kw = prep({"image": train[(i * 4) % 16:(i * 4) % 16 + 4]}, "cpu")
+        x0, target, _, kw = prep({"image": train.narrow(0, (i * 4) % 16, 4)}, "cpu")
         loss = torch.nn.functional.mse_loss(inferer(x0, net, **kw), target)
         opt.zero_grad()
         loss.backward()
@@ -187,8 +191,10 @@ def test_rflow_training_learns(diffusion):
 
 def test_checkpoint_records_objective_and_inference_refuses_mismatch(tmp_path):
     net = _tiny_net()
-    atomic_save({"model": net.state_dict(), "ema": net.state_dict(), "iteration": 1, "diffusion": "rflow"},
-                tmp_path / "model.pt")
+    atomic_save(
+        {"model": net.state_dict(), "ema": net.state_dict(), "iteration": 1, "diffusion": "rflow"},
+        tmp_path / "model.pt",
+    )
     load_weights(_tiny_net(), tmp_path / "model.pt", sampler=make_scheduler("rflow", 5))
     load_weights(_tiny_net(), tmp_path / "model.pt", sampler="rflow")
     for sampler in ("ddim", "ddpm"):

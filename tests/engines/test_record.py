@@ -168,14 +168,14 @@ def test_training_settings_reach_inference_and_previews_without_overrides(repo_r
         **settings,
     )
     trained = wf.parser.get_parsed_content("noise_scheduler")
-    preview = wf.parser.get_parsed_content("train#handlers#5")
+    preview = wf.parser.get_parsed_content("train#handler#previews")
     torch.testing.assert_close(preview.scheduler.alphas_cumprod, trained.alphas_cumprod, rtol=0, atol=0)
     assert preview.scheduler.num_train_timesteps == 400 and float(preview.scheduler.betas[-1]) == 0.01
     assert (tmp_path / "eval" / "previews" / "preview_00000004.png").is_file()
 
     infer = workflow(
         repo_root,
-        ["inference.json", "demo.json"],
+        ["inference.json"],
         "infer",
         bundle_root=str(tmp_path),
         num_samples=1,
@@ -191,7 +191,7 @@ def test_training_settings_reach_inference_and_previews_without_overrides(repo_r
     assert (tmp_path / "samples" / "sample_0000.nii.gz").is_file()
 
     parser = ConfigParser()
-    parser.read_config([str(repo_root / "configs" / f) for f in ("inference.json", "demo.json")])
+    parser.read_config([str(repo_root / "configs" / f) for f in ("inference.json",)])
     parser.update({"bundle_root": str(tmp_path), "beta_end": 0.02})
     with pytest.raises(Exception) as err:
         parser.get_parsed_content("noise_scheduler")

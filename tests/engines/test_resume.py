@@ -33,7 +33,7 @@ def _train(repo_root, configs, root, demo_data, num_iterations, **override):
     "configs, override",
     [(["train.json", "demo.json"], {"image_size": [16, 16, 16]}),
      # the unified cWDM model also draws each sample's target contrast
-     (["train.json", "train_cwdm.json", "demo_cwdm.json"], {"roi_size": [16, 16, 16]})],
+     (["train.json", "train_cwdm.json", "demo.json"], {"roi_size": [16, 16, 16]})],
     ids=["wdm", "cwdm_unified"],
 )
 def test_resume_is_exact(repo_root, demo_data, tmp_path, configs, override):

@@ -10,7 +10,7 @@ from monai.transforms import ScaleIntensityRangePercentiles
 from oracles import ConditionEcho
 
 from wdm_bundle.diffusion import WaveletDiffusionInferer, make_scheduler
-from wdm_bundle.engines import LEGACY_RECORDS, ContrastSynthesizer, atomic_save, validate_record
+from wdm_bundle.engines import LEGACY_RECORDS, ContrastSynthesizer, atomic_save, synthesize, validate_record
 from wdm_bundle.networks import WaveletDiffusionUNet
 
 CONTRASTS = ["t1n", "t1c", "t2w", "t2f"]
@@ -20,7 +20,9 @@ SMALL = dict(channels=[8, 8], num_res_blocks=1, norm_num_groups=8)
 def _record(roi_size=(224, 224, 160), unified=True, **kw):
     """A validated cWDM training record with a small network."""
     base = LEGACY_RECORDS["synthesis"]
-    channels = {"condition_channels": 4, "extra_channels": 4} if unified else {"condition_channels": 3, "extra_channels": 0}
+    channels = (
+        {"condition_channels": 4, "extra_channels": 4} if unified else {"condition_channels": 3, "extra_channels": 0}
+    )
     network = {**base["network"], **SMALL, **channels}
     roi = list(roi_size) if roi_size else None
     return validate_record({**base, "roi_size": roi, "image_size": roi, "network": network, **kw})
@@ -45,19 +47,27 @@ def _case(root, name, contrasts, shape=(240, 240, 155), affine=None, shapes=None
         m = [n // 8 for n in s]
         inner = tuple(slice(k, n - k) for k, n in zip(m, s))
         data[inner] = rng.random([n - 2 * k for k, n in zip(m, s)]) * 500
-        nib.save(nib.Nifti1Image(data, affine if affine is not None else _oblique_affine()), str(d / f"{name}-{c}.nii.gz"))
+        nib.save(
+            nib.Nifti1Image(data, affine if affine is not None else _oblique_affine()), str(d / f"{name}-{c}.nii.gz")
+        )
     return d
 
 
-def _synthesizer(tmp_path, input_dir, unified=True, roi_size=(224, 224, 160), **kw):
+def _synthesizer(tmp_path, input_dir, roi_size=(224, 224, 160), **kw):
     record = _record(roi_size)
     ckpt = tmp_path / "model.pt"
     if not ckpt.exists():
         atomic_save({"model": WaveletDiffusionUNet.from_config(record["network"]).state_dict(), "record": record}, ckpt)
     args = dict(
-        record=record, inferer=WaveletDiffusionInferer(make_scheduler("ddim", 1), (0, 1)),
-        scheduler=make_scheduler("ddim", 1), input_dir=input_dir, output_dir=tmp_path / "out", unified=unified,
-        ckpt_path=ckpt, use_ema=False, save_png=False, progress=False,
+        record=record,
+        inferer=WaveletDiffusionInferer(make_scheduler("ddim", 1), (0, 1)),
+        scheduler=make_scheduler("ddim", 1),
+        input_dir=input_dir,
+        output_dir=tmp_path / "out",
+        ckpt_path=ckpt,
+        use_ema=False,
+        save_png=False,
+        progress=False,
     )
     args.update(kw)
     return ContrastSynthesizer(**args)
@@ -73,7 +83,10 @@ def test_output_has_the_input_geometry(tmp_path):
     assert out.shape == ref.shape == (240, 240, 155)
     np.testing.assert_allclose(out.affine, ref.affine, atol=1e-6)
     np.testing.assert_allclose(out.header.get_zooms(), ref.header.get_zooms(), atol=1e-6)
-    assert out.get_qform(coded=True)[1] == ref.get_qform(coded=True)[1] and out.get_sform(coded=True)[1] == ref.get_sform(coded=True)[1]
+    assert (
+        out.get_qform(coded=True)[1] == ref.get_qform(coded=True)[1]
+        and out.get_sform(coded=True)[1] == ref.get_sform(coded=True)[1]
+    )
     data = out.get_fdata()
     assert out.get_data_dtype() == np.float32 and data.min() >= 0 and data.max() <= 1
     background = ref.get_fdata() == 0
@@ -136,7 +149,7 @@ def test_missing_unified_weights_fail_before_any_case(tmp_path):
 def test_per_contrast_models_need_their_weights(tmp_path):
     _case(tmp_path / "in", "x", ["t1n", "t1c", "t2w"], shape=(16, 16, 16))
     with pytest.raises(RuntimeError, match="no model for target 't2f'"):
-        _synthesizer(tmp_path, tmp_path / "in", unified=False, ckpt_paths={"t1n": "a.pt"}, roi_size=None).run()
+        _synthesizer(tmp_path, tmp_path / "in", ckpt_paths={"t1n": "a.pt"}, roi_size=None).run()
 
 
 IDENTITY_CASES = {  # name: (input shape, roi_size, placement, data_range)
@@ -160,14 +173,22 @@ def test_identity_oracle_output_is_the_normalised_input_on_the_input_grid(tmp_pa
     oracle = ConditionEcho(source=CONTRASTS.index("t1c"), multiple=4)  # no ROI: 37, 41, 29 -> 40, 44, 32
     atomic_save({"model": oracle.state_dict(), "record": record}, tmp_path / "model.pt")
     inferer = WaveletDiffusionInferer(make_scheduler("ddim", 2), data_range)
-    synth = _synthesizer(tmp_path, tmp_path / "in", roi_size=roi, record=record, inferer=inferer,
-                         scheduler=inferer.scheduler, network_factory=lambda record: oracle)
+    synth = _synthesizer(
+        tmp_path,
+        tmp_path / "in",
+        roi_size=roi,
+        record=record,
+        inferer=inferer,
+        scheduler=inferer.scheduler,
+        network_factory=lambda record: oracle,
+    )
     assert [r.status for r in synth.run()] == ["ok"]
 
     folder = tmp_path / "in" / "BraTS-GLI-00007-000"
     inputs = {c: nib.load(folder / f"BraTS-GLI-00007-000-{c}.nii.gz") for c in ("t1n", "t1c", "t2f")}
     expected = ScaleIntensityRangePercentiles(0.1, 99.9, 0.0, 1.0, clip=True)(
-        torch.from_numpy(inputs["t1c"].get_fdata(dtype=np.float32))[None])[0].numpy()
+        torch.from_numpy(inputs["t1c"].get_fdata(dtype=np.float32))[None]
+    )[0].numpy()
     expected[np.all([im.get_fdata() == 0 for im in inputs.values()], axis=0)] = 0
     out = nib.load(tmp_path / "out" / "BraTS-GLI-00007-000-t2w.nii.gz")
     data = out.get_fdata(dtype=np.float32)
@@ -177,3 +198,57 @@ def test_identity_oracle_output_is_the_normalised_input_on_the_input_grid(tmp_pa
     assert np.abs(data - expected).max() <= 1e-6, np.abs(data - expected).max()
     for axis in range(3):  # a one-voxel shift on any axis would be far outside that tolerance
         assert np.abs(np.roll(expected, 1, axis=axis) - expected).max() > 0.5
+
+
+def _case_volumes(shape, contrasts, seed=3):
+    """Raw (D, H, W) volumes of one case with a zero (background) border."""
+    rng = np.random.default_rng(seed)
+    volumes = {}
+    for c in contrasts:
+        v = np.zeros(shape, np.float32)
+        v[3:-3, 2:-4, 1:-2] = rng.random((shape[0] - 6, shape[1] - 6, shape[2] - 3)) * 400
+        volumes[c] = v
+    return volumes
+
+
+def test_synthesize_returns_the_identity_oracles_condition_on_an_odd_input_grid():
+    """`synthesize` on in-memory volumes: an odd shape cropped on one axis and padded on the others comes back
+    on the input grid, voxel for voxel (the normalised t1c the oracle echoes), background zero."""
+    shape, roi = (37, 41, 29), (32, 44, 32)
+    record = _record(roi, placement="symmetric", data_range=[-1.0, 1.0])
+    volumes = _case_volumes(shape, ["t1n", "t1c", "t2f"])
+    oracle = ConditionEcho(source=CONTRASTS.index("t1c"), multiple=4)
+    inferer = WaveletDiffusionInferer(make_scheduler("ddim", 2), (-1.0, 1.0))
+    out = synthesize(oracle, inferer, volumes, "t2w", record, seed=0, case="odd")
+    assert out.shape == shape and out.dtype == np.float32
+    expected = ScaleIntensityRangePercentiles(0.1, 99.9, 0.0, 1.0, clip=True)(torch.from_numpy(volumes["t1c"])[None])[0]
+    expected = expected.numpy()
+    expected[np.all([v == 0 for v in volumes.values()], axis=0)] = 0
+    assert np.abs(out - expected).max() <= 1e-6, np.abs(out - expected).max()
+    with pytest.raises(ValueError, match="cannot synthesise 'pd'"):
+        synthesize(oracle, inferer, volumes, "pd", record)
+    with pytest.raises(ValueError, match="trained on"):
+        synthesize(oracle, WaveletDiffusionInferer(make_scheduler("ddim", 2), (0.0, 1.0)), volumes, "t2w", record)
+
+
+def test_the_runner_writes_exactly_what_synthesize_returns(tmp_path):
+    shape, roi = (37, 41, 29), (32, 44, 32)
+    _case(tmp_path / "in", "case_a", ["t1n", "t1c", "t2f"], shape=shape)
+    record = _record(roi)
+    net = WaveletDiffusionUNet.from_config(record["network"]).eval()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # random weights everywhere: an initialised network outputs zeros
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
+    atomic_save({"model": net.state_dict(), "record": record}, tmp_path / "model.pt")
+    inferer = WaveletDiffusionInferer(make_scheduler("ddpm", 2), (0, 1))  # DDPM: the step noise is seeded too
+    synth = _synthesizer(tmp_path, tmp_path / "in", roi_size=roi, inferer=inferer, scheduler=inferer.scheduler, seed=5)
+    assert [r.status for r in synth.run()] == ["ok"]
+    written = nib.load(tmp_path / "out" / "case_a-t2w.nii.gz").get_fdata(dtype=np.float32)
+    folder = tmp_path / "in" / "case_a"
+    volumes = {c: nib.load(folder / f"case_a-{c}.nii.gz").get_fdata(dtype=np.float32) for c in ("t1n", "t1c", "t2f")}
+    out = synthesize(net, inferer, volumes, "t2w", record, seed=5, case="case_a")
+    np.testing.assert_array_equal(written, out)  # bit-identical
+    assert out.std() > 0
+    assert not np.array_equal(synthesize(net, inferer, volumes, "t2w", record, seed=5, case="case_b"), out)
+    assert not np.array_equal(synthesize(net, inferer, volumes, "t2w", record, seed=6, case="case_a"), out)

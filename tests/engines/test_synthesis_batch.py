@@ -24,11 +24,11 @@ def test_unified_zeroes_the_target_slot_and_flags_it():
     x0, cond = synthesis_inputs(W, stack, targets, unified=True)
     assert cond.shape == (3, 8 * 4 + 4, 4, 4, 4)
     for i, t in enumerate(targets.tolist()):
-        torch.testing.assert_close(x0[i], W.encode(stack[i : i + 1, t : t + 1])[0])
+        torch.testing.assert_close(x0[i], W.encode(stack[i, t][None, None])[0])
         slots = cond[i, :32].reshape(4, 8, 4, 4, 4)
         assert slots[t].abs().max() == 0
         for c in set(range(4)) - {t}:
-            torch.testing.assert_close(slots[c], W.encode(stack[i : i + 1, c : c + 1])[0])
+            torch.testing.assert_close(slots[c], W.encode(stack[i, c][None, None])[0])
         flags = cond[i, 32:, 0, 0, 0]
         assert flags.tolist() == [float(c == t) for c in range(4)]
     # whatever the target slot holds (zeros at inference) does not change the condition

@@ -25,8 +25,8 @@ import torch
 from wdm_bundle.engines import LEGACY_RECORDS, atomic_save, recorded_network, validate_record
 
 CONTRASTS = ["t1n", "t1c", "t2w", "t2f"]
-SYNTHESIS_CONFIGS = ["configs/inference_cwdm.json", "configs/demo_cwdm.json"]
-GENERATION_CONFIGS = ["configs/inference.json", "configs/demo.json"]
+SYNTHESIS_CONFIGS = ["configs/inference_cwdm.json"]
+GENERATION_CONFIGS = ["configs/inference.json"]
 DEMO_NETWORK = {"channels": [16, 32, 32], "num_res_blocks": 1, "norm_num_groups": 8}  # configs/demo*.json
 SHAPE = (30, 28, 26)  # not a multiple of the network's 4: the app pads, samples and crops back
 
@@ -52,7 +52,7 @@ def _randomised(net: torch.nn.Module, seed: int) -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_models(repo_root, tmp_path_factory) -> Path:
-    """``models/unified/model.pt`` (cWDM) and ``models/model.pt`` (WDM): the demo configs' tiny networks
+    """``models/unified/model.pt`` (cWDM) and ``models/model.pt`` (WDM): the demo config's tiny networks
     (16, 32, 32 channels) with seeded random weights.
 
     Why untrained weights are enough: these tests check what the app adds (request routes,
@@ -62,7 +62,7 @@ def tiny_models(repo_root, tmp_path_factory) -> Path:
     for seed, (task, path, settings) in enumerate(
         [
             ("synthesis", "unified/model.pt", {"roi_size": None, "image_size": None, "placement": "end"}),
-            ("generation", "model.pt", {"roi_size": None, "image_size": [32, 32, 32]}),
+            ("generation", "model.pt", {"roi_size": None, "image_size": [32, 32, 32], "spacing": [5.0, 6.0, 5.0]}),
         ]
     ):
         base = LEGACY_RECORDS[task]  # the demo configs' training record, with their tiny network

@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.label
 
 CAP = 300  # --conf max_inference_steps
 LONG = 250  # DDIM steps of the long generation request (several seconds on the tiny model)

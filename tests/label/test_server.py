@@ -9,7 +9,7 @@ import pytest
 from wdm_bundle.engines import centered_affine
 from wdm_bundle.label import BundleConfig, SynthesisService
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.label
 
 STEPS = 2  # DDIM steps (fast; the app reads sampler and steps from the config overrides below)
 
@@ -26,8 +26,10 @@ def server(label_python, repo_root, tiny_models, demo_case, label_spec, tmp_path
         "generation_configs": ",".join(label_spec.generation_configs),
         "synthesis#ckpt_dir": str(tiny_models),
         "synthesis#num_inference_steps": str(STEPS),
+        "synthesis#sampler": "ddim",
         "generation#ckpt_path": str(tiny_models / "model.pt"),
         "generation#num_inference_steps": str(STEPS),
+        "generation#sampler": "ddim",
     }
     with label_spec.run_server(label_python, repo_root, studies, tmp, conf) as server:
         yield server
@@ -59,7 +61,7 @@ def test_synthesis_from_the_datastore(server, repo_root, tiny_models, label_spec
     # the same bundle config and weights in this process (torch 2.13 here, 2.14 in the server) give the same volume
     local = SynthesisService(
         BundleConfig(
-            repo_root, label_spec.synthesis_configs, {"ckpt_dir": str(tiny_models), "num_inference_steps": STEPS}
+            repo_root, label_spec.synthesis_configs, {"ckpt_dir": str(tiny_models), "num_inference_steps": STEPS, "sampler": "ddim"}
         )
     )
     expected, _ = local(server["studies"] / "case_ok" / "case_ok-t2w.nii.gz", {}, tmp_path)
@@ -140,7 +142,7 @@ def test_generation_returns_a_volume_of_the_configured_size(server, tmp_path):
     )
     assert status == 200, body[:500]
     img = _nifti(body, tmp_path / "gen.nii.gz")
-    assert img.shape == (32, 32, 32)  # configs/demo.json image_size
+    assert img.shape == (32, 32, 32)  # the recorded image_size (tests/label/conftest.py tiny_models)
     np.testing.assert_allclose(img.affine, centered_affine((32, 32, 32), (5.0, 6.0, 5.0)))
     data = img.get_fdata()
     assert np.isfinite(data).all() and data.std() > 0 and -1 <= data.min() and data.max() <= 1

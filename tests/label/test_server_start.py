@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.label
 
 
 def _conf(repo_root, label_spec, tiny_models, generation_ckpt):

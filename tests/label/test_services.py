@@ -15,7 +15,9 @@ SHAPE = (30, 28, 26)  # tests/label/conftest.py: the cases' shape
 
 @pytest.fixture(scope="module")
 def synthesis(repo_root, tiny_models, label_spec):
-    return SynthesisService(BundleConfig(repo_root, label_spec.synthesis_configs, {"ckpt_dir": str(tiny_models)}))
+    return SynthesisService(
+        BundleConfig(repo_root, label_spec.synthesis_configs, {"ckpt_dir": str(tiny_models), "sampler": "ddim"})
+    )
 
 
 def _stack(case_dir, contrasts, path):
@@ -101,7 +103,9 @@ def test_unreadable_or_misnamed_upload(synthesis, tmp_path):
 
 def test_generation_returns_a_volume_of_the_configured_size(repo_root, tiny_models, tmp_path, label_spec):
     gen = GenerationService(
-        BundleConfig(repo_root, label_spec.generation_configs, {"ckpt_path": str(tiny_models / "model.pt")})
+        BundleConfig(
+            repo_root, label_spec.generation_configs, {"ckpt_path": str(tiny_models / "model.pt"), "sampler": "ddim"}
+        )
     )
     a, info = gen({**FAST, "seed": 3}, tmp_path)
     b, _ = gen({**FAST, "seed": 3}, tmp_path)

@@ -92,7 +92,9 @@ def test_training_histogram_baseline_matches_mean_quantiles():
     out = training_histogram_baseline(source, q, mask)
     assert out.dtype == np.float32 and np.all(out[~mask] == 0)
     assert np.all(np.diff(out[mask][np.argsort(source[mask])]) >= 0)  # monotone map: voxel order kept
-    assert np.allclose(np.quantile(out[mask], [0.1, 0.5, 0.9]), np.interp([0.1, 0.5, 0.9], np.linspace(0, 1, q.size), q), atol=0.05)
+    assert np.allclose(
+        np.quantile(out[mask], [0.1, 0.5, 0.9]), np.interp([0.1, 0.5, 0.9], np.linspace(0, 1, q.size), q), atol=0.05
+    )
     with pytest.raises(ValueError, match="non-decreasing"):
         training_histogram_baseline(source, q[::-1], mask)
     with pytest.raises(ValueError, match="num_quantiles"):

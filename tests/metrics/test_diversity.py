@@ -6,7 +6,11 @@ import pytest
 import torch
 
 from wdm_bundle.metrics.diversity import (
-    ms_ssim, ms_ssim_diversity, ms_ssim_min_size, sample_pairs, truncated_ms_ssim_weights,
+    ms_ssim,
+    ms_ssim_diversity,
+    ms_ssim_min_size,
+    sample_pairs,
+    truncated_ms_ssim_weights,
 )
 
 W3 = truncated_ms_ssim_weights(3)
@@ -41,7 +45,9 @@ def test_diversity_from_files_identical_vs_random(tmp_path):
     same, diff = [], []
     for i in range(3):
         nib.save(nib.Nifti1Image(base, np.eye(4)), tmp_path / f"same_{i}.nii.gz")
-        nib.save(nib.Nifti1Image(rng.uniform(-1, 1, (32, 32, 32)).astype(np.float32), np.eye(4)), tmp_path / f"r_{i}.nii.gz")
+        nib.save(
+            nib.Nifti1Image(rng.uniform(-1, 1, (32, 32, 32)).astype(np.float32), np.eye(4)), tmp_path / f"r_{i}.nii.gz"
+        )
         same.append(tmp_path / f"same_{i}.nii.gz")
         diff.append(str(tmp_path / f"r_{i}.nii.gz"))
     r_same = ms_ssim_diversity(same, (-1, 1), weights=W3)

@@ -14,8 +14,15 @@ def net():
 
 def test_medicalnet_key_names_and_size(net):
     keys = net.state_dict()
-    for k in ("conv1.weight", "bn1.running_var", "layer1.0.conv1.weight", "layer1.0.downsample.0.weight",
-              "layer1.0.downsample.1.weight", "layer4.2.bn3.bias", "layer3.5.conv2.weight"):
+    for k in (
+        "conv1.weight",
+        "bn1.running_var",
+        "layer1.0.conv1.weight",
+        "layer1.0.downsample.0.weight",
+        "layer1.0.downsample.1.weight",
+        "layer4.2.bn3.bias",
+        "layer3.5.conv2.weight",
+    ):
         assert k in keys, k
     assert [len(getattr(net, f"layer{i}")) for i in (1, 2, 3, 4)] == [3, 4, 6, 3]
     assert keys["conv1.weight"].shape == (64, 1, 7, 7, 7)

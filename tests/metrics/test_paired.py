@@ -38,7 +38,9 @@ def test_psnr_mse_match_numpy(data_range):
     assert m["psnr"] == pytest.approx(10 * np.log10(data_range**2 / mse), rel=1e-9)
     assert m["psnr_mask"] == pytest.approx(10 * np.log10(data_range**2 / mse_mask), rel=1e-9)
     # whole-volume SSIM is MONAI's SSIMMetric (3D, Gaussian window 11, sigma 1.5)
-    ref = SSIMMetric(spatial_dims=3, data_range=data_range)(torch.as_tensor(y)[None, None], torch.as_tensor(x)[None, None])
+    ref = SSIMMetric(spatial_dims=3, data_range=data_range)(
+        torch.as_tensor(y)[None, None], torch.as_tensor(x)[None, None]
+    )
     assert m["ssim"] == pytest.approx(float(ref), abs=1e-6)
     assert 0 < m["ssim"] < 1
     # torch input gives the same numbers

@@ -8,7 +8,7 @@ import torch
 
 from wdm_bundle.networks import WaveletDiffusionUNet, build_reference_network
 from wdm_bundle.networks.wavelet_unet import apply_activation_checkpointing
-from wdm_bundle.perf import peak_memory
+from benchmarking.timing import peak_memory
 from wdm_bundle.utils import autocast_dtype
 
 KW = dict(channels=(16, 32, 32), num_res_blocks=2, norm_num_groups=8)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wdm_bundle.networks.fused_norm import _GroupNormSiLU, group_norm_silu, use_fused_group_norm_silu
-from wdm_bundle.perf import build_network
+from benchmarking.timing import build_network
 
 
 def test_gradcheck_against_definition():

@@ -198,7 +198,7 @@ def _samples_with_the_authors_settings(name, path, target):
         parser.update({"ckpt_path": str(path)})
     else:
         parser.read_config(str(configs / "inference_cwdm.json"))
-        parser.update({"unified": False, "ckpt_paths": {target: str(path)}})
+        parser.update({"ckpt_paths": {target: str(path)}})
     scheduler = parser.get_parsed_content("noise_scheduler")
     assert scheduler.num_train_timesteps == 1000 and scheduler.variance_type == "fixed_large"
     assert scheduler.betas.dtype == torch.float64

@@ -3,10 +3,13 @@ them from the checkpoint's record alone."""
 
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
 
+from wdm_bundle.data import training_spacing
 from wdm_bundle.engines import atomic_save, authors_record
 from wdm_bundle.networks.reference_checkpoint import reference_shapes
 
@@ -19,6 +22,18 @@ OVERRIDES = {  # override file -> (reference config, image size, spacing)
 }
 
 
+@pytest.fixture(scope="module")
+def brats_like(tmp_path_factory):
+    """A header-only stand-in for a BraTS volume: 240x240x155 at 1 mm, rotated (oblique) and LPS-ordered."""
+    angle = np.deg2rad(10)
+    rot = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([-1.0, -1.0, 1.0])
+    path = tmp_path_factory.mktemp("brats") / "case-t1n.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((240, 240, 155), np.uint8), affine), path)
+    return path
+
+
 def _parse(files, **overrides):
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / f) for f in files])
@@ -28,14 +43,16 @@ def _parse(files, **overrides):
 
 
 @pytest.mark.parametrize("name", sorted(OVERRIDES))
-def test_override_builds_reference_network(name, reference_spec):
+def test_override_builds_reference_network(name, reference_spec, brats_like):
     config, size, spacing = OVERRIDES[name]
     parser, net = _parse(["train.json", f"{name}.json"])
     shapes = {k: tuple(v.shape) for k, v in net.backbone.state_dict().items()}
     assert shapes == reference_shapes(config)
     if config != "wdm_wavunet_256":  # the only one without a published specification
         assert shapes == reference_spec(config)
-    assert parser["image_size"] == size and parser["spacing"] == spacing and parser["roi_size"] == [256] * 3
+    assert parser["image_size"] == size and parser["roi_size"] == [256] * 3
+    # the recorded voxel size of BraTS-like 1 mm volumes (240x240x155, oblique) framed into 256^3, pooled to size
+    assert training_spacing([{"image": str(brats_like)}], "image", size, parser["roi_size"], "RAS") == spacing
     net.check_image_size(size)
     assert parser.get_parsed_content("noise_scheduler").variance_type == "fixed_large"  # the reference's sampler
 

@@ -7,6 +7,7 @@ from wdm_bundle.wavelets import (
     PYWT_KEYS,
     SUBBANDS,
     HaarWavelet3D,
+    ImageSpace,
     crop_padding,
     dwt3d,
     haar_filters,
@@ -117,12 +118,84 @@ def test_lll_scaling():
         HaarWavelet3D(0.0)
 
 
-@pytest.mark.parametrize("use_native", [True, False])
-def test_meta_tensor_input_gives_plain_coefficients(use_native):
-    """An image's affine does not describe its half-size coefficients: both paths return plain tensors."""
+def test_meta_tensor_input_gives_plain_coefficients():
+    """An image's affine does not describe its half-size coefficients: the transforms return plain tensors."""
     from monai.data import MetaTensor
 
     x = MetaTensor(torch.randn(1, 1, 4, 6, 8), affine=torch.diag(torch.tensor([2.0, 2.0, 3.0, 1.0])))
-    y = dwt3d(x, use_native=use_native)
-    assert type(y) is torch.Tensor and type(idwt3d(y, use_native=use_native)) is torch.Tensor
-    torch.testing.assert_close(y, dwt3d(x.as_tensor(), use_native=False), rtol=0, atol=1e-6)
+    y = dwt3d(x)
+    assert type(y) is torch.Tensor and type(idwt3d(y)) is torch.Tensor
+    torch.testing.assert_close(y, dwt3d(x.as_tensor()), rtol=0, atol=1e-6)
+
+
+def test_gradients_second_order():
+    x = torch.randn(1, 2, 4, 2, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(dwt3d, (x,)) and torch.autograd.gradgradcheck(dwt3d, (x,))
+    c = torch.randn(1, 8, 2, 3, 1, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(idwt3d, (c,)) and torch.autograd.gradgradcheck(idwt3d, (c,))
+
+
+def test_low_precision_agrees_with_float32():
+    xb = torch.randn(1, 2, 4, 6, 8).to(torch.bfloat16)
+    torch.testing.assert_close(dwt3d(xb).float(), dwt3d(xb.float()), rtol=0.02, atol=0.02)
+
+
+def test_non_contiguous_input():
+    base = torch.randn(1, 8, 12, 10, 6, generator=torch.Generator().manual_seed(2))
+    x = base.permute(0, 1, 4, 3, 2)[:, ::2]  # (1, 4, 6, 10, 12), neither contiguous nor dense
+    assert not x.is_contiguous()
+    torch.testing.assert_close(dwt3d(x), dwt3d(x.contiguous()), rtol=0, atol=1e-5)
+    y = dwt3d(x.contiguous()).transpose(3, 4)
+    torch.testing.assert_close(idwt3d(y), idwt3d(y.contiguous()), rtol=0, atol=1e-5)
+
+
+def test_outputs_are_on_the_input_device_whatever_the_default_device():
+    x = torch.randn(1, 1, 4, 6, 8)
+    with torch.device("meta"):  # as with torch.set_default_device("cuda"): the CPU input decides
+        y = dwt3d(x)
+        back = idwt3d(y)
+    assert y.device.type == "cpu" and back.device.type == "cpu"
+    torch.testing.assert_close(back, x, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_factored_form_without_autograd_equals_the_matrix(dtype):
+    """CPU float tensors that autograd does not record take the factored form (in place on the output)."""
+    x = torch.randn(2, 3, 12, 10, 6, dtype=dtype, generator=torch.Generator().manual_seed(6))
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    with torch.no_grad():
+        y, back = dwt3d(x), idwt3d(dwt3d(x))
+    recorded = dwt3d(x.requires_grad_())  # autograd records: the 8x8 matrix
+    assert recorded.grad_fn is not None and y.grad_fn is None
+    torch.testing.assert_close(y, recorded.detach(), rtol=0, atol=tol)
+    torch.testing.assert_close(back, idwt3d(recorded).detach(), rtol=0, atol=tol)
+    torch.testing.assert_close(back, x.detach(), rtol=0, atol=tol)
+    for i, ch in ((0, 0), (1, 2)):
+        ref = pywt.dwtn(x[i, ch].detach().double().numpy(), "haar")
+        for k, key in enumerate(PYWT_KEYS):
+            np.testing.assert_allclose(y[i, 8 * ch + k].double().numpy(), ref[key], rtol=0, atol=tol, err_msg=key)
+    c = torch.randn(1, 8, 3, 5, 2, dtype=dtype)
+    with torch.no_grad():
+        coeffs = {key: c[0, k].numpy() for k, key in enumerate(PYWT_KEYS)}
+        np.testing.assert_allclose(idwt3d(c)[0, 0].numpy(), pywt.idwtn(coeffs, "haar"), rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("lll_scale", [3.0, 1.0])
+def test_torchscript_equals_eager(lll_scale):
+    coder = HaarWavelet3D(lll_scale)
+    scripted = torch.jit.script(coder)
+    x = torch.randn(2, 3, 8, 10, 12, generator=torch.Generator().manual_seed(7))
+    c = coder.encode(x)
+    assert torch.equal(scripted.encode(x), c) and torch.equal(scripted(x), coder(x))
+    assert torch.equal(scripted.decode(c), coder.decode(c))
+    xg, cg = x.clone().requires_grad_(), c.clone().requires_grad_()  # autograd records: the matrix form
+    assert torch.equal(scripted.encode(xg), coder.encode(xg)) and torch.equal(scripted(xg), coder(xg))
+    assert torch.equal(scripted.decode(cg), coder.decode(cg))
+    with pytest.raises(torch.jit.Error, match="even spatial sizes"):
+        scripted.encode(torch.zeros(1, 1, 7, 8, 8))
+
+
+def test_image_space_is_scriptable():
+    scripted = torch.jit.script(ImageSpace())
+    x = torch.randn(2, 3, 8, 10, 12)
+    assert torch.equal(scripted.encode(x), x) and torch.equal(scripted.decode(x), x) and torch.equal(scripted(x), x)

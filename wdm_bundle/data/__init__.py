@@ -1,14 +1,34 @@
-"""Data: datalists, input validation, the resumable training sampler and the embedded demo data set."""
+"""Data: volume I/O and case discovery, datalists, input validation, the resumable sampler and the demo data set."""
 
-from wdm_bundle.data.demo import CONTRASTS, make_demo_dataset, make_demo_subject
-from wdm_bundle.data.datalists import NIFTI_SUFFIXES, build_datalist, find_case_files
+from wdm_bundle.data.datalists import build_datalist
+from wdm_bundle.data.demo import make_demo_dataset, make_demo_subject
+from wdm_bundle.data.io import CONTRASTS, NIFTI_SUFFIXES, find_case_files, find_cases, load_volume, volume_shape
 from wdm_bundle.data.samplers import ResumableSampler
-from wdm_bundle.data.transforms import Placement, framing_transform, invert_framing, synthesis_preprocessing
-from wdm_bundle.data.validation import InvalidDataError, resolve_image_size, validate_images, volume_shape
+from wdm_bundle.data.transforms import (
+    Placement,
+    framing_transform,
+    invert_framing,
+    synthesis_preprocessing,
+    training_spacing,
+)
+from wdm_bundle.data.validation import InvalidDataError, resolve_image_size, validate_images
 
 __all__ = [
-    "CONTRASTS", "make_demo_dataset", "make_demo_subject",
-    "NIFTI_SUFFIXES", "build_datalist", "find_case_files", "InvalidDataError", "resolve_image_size",
-    "validate_images", "volume_shape", "ResumableSampler",
-    "Placement", "framing_transform", "invert_framing", "synthesis_preprocessing",
+    "CONTRASTS",
+    "NIFTI_SUFFIXES",
+    "find_case_files",
+    "find_cases",
+    "load_volume",
+    "volume_shape",
+    "make_demo_dataset",
+    "make_demo_subject",
+    "build_datalist",
+    "InvalidDataError",
+    "resolve_image_size",
+    "validate_images",
+    "ResumableSampler",
+    "Placement",
+    "framing_transform",
+    "invert_framing",
+    "synthesis_preprocessing",
 ]

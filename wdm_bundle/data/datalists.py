@@ -4,24 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["NIFTI_SUFFIXES", "build_datalist", "default_datalist", "find_case_files"]
+from wdm_bundle.data.io import NIFTI_SUFFIXES, find_case_files, find_cases, is_nifti, nifti_stem
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-
-
-def _is_nifti(path: Path) -> bool:
-    return path.is_file() and path.name.endswith(NIFTI_SUFFIXES)
-
-
-def _strip_suffix(name: str) -> str:
-    for suffix in NIFTI_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
+__all__ = ["build_datalist", "default_datalist", "read_split"]
 
 _CONTRAST_SUFFIXES = ("t1n", "t1c", "t2w", "t2f", "seg", "t1", "t1ce", "t2", "flair")
 
@@ -33,22 +21,6 @@ def _suffix_of(stem: str) -> str | None:
         if head and tail.lower() in _CONTRAST_SUFFIXES:
             return tail.lower()
     return None
-
-
-def find_case_files(case_dir: str | os.PathLike) -> dict[str, str]:
-    """Map contrast suffix -> file for a case folder ``<case>/<case>-<suffix>.nii.gz``.
-
-    Files that do not start with ``<case>-`` are keyed by their full stem.
-    """
-    case_dir = Path(case_dir)
-    files = {}
-    for f in sorted(case_dir.iterdir()):
-        if not _is_nifti(f):
-            continue
-        stem = _strip_suffix(f.name)
-        prefix = f"{case_dir.name}-"
-        files[stem[len(prefix):] if stem.startswith(prefix) else stem] = str(f)
-    return files
 
 
 def default_datalist(dataset_dir: str | os.PathLike) -> str | None:
@@ -86,11 +58,11 @@ def build_datalist(
     if datalist:
         return _from_json(Path(datalist), Path(dataset_dir) if dataset_dir else None, keys, split)
     if dataset_dir is None:
-        raise ValueError("give either 'dataset_dir' (a folder of NIfTI files or case folders) or 'datalist' (a JSON file).")
+        raise ValueError(
+            "give either 'dataset_dir' (a folder of NIfTI files or case folders) or 'datalist' (a JSON file)."
+        )
     root = Path(dataset_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"dataset_dir '{root}' does not exist or is not a folder.")
-    cases = sorted(p for p in root.iterdir() if p.is_dir() and any(_is_nifti(f) for f in p.iterdir()))
+    cases = find_cases(root, "dataset_dir")
     entries: list[dict[str, str]] = []
     if cases and any(keys.values()):
         problems = []
@@ -106,19 +78,23 @@ def build_datalist(
         if problems:
             raise ValueError(f"{len(problems)} case(s) in '{root}' lack a requested file:\n  " + "\n  ".join(problems))
     else:
-        files = sorted(p for p in root.iterdir() if _is_nifti(p))
+        files = sorted(p for p in root.iterdir() if is_nifti(p))
         if len(keys) != 1:
-            raise ValueError(f"'{root}' holds no case folders; a flat folder of files can only fill one key, got {keys}.")
-        (out_key, suffix), = keys.items()
-        stems = [_strip_suffix(f.name) for f in files]
+            raise ValueError(
+                f"'{root}' holds no case folders; a flat folder of files can only fill one key, got {keys}."
+            )
+        ((out_key, suffix),) = keys.items()
+        stems = [nifti_stem(f.name) for f in files]
         tagged = [s for s in stems if _suffix_of(s)]
         if suffix and tagged:  # BraTS-style names `<case>-<suffix>`: only the requested contrast
             picked = [(f, s) for f, s in zip(files, stems) if _suffix_of(s) == suffix]
             if not picked:
                 found = sorted({_suffix_of(s) for s in tagged})
-                raise ValueError(f"dataset_dir '{root}' holds no '<case>-{suffix}.nii.gz' file (its files end in "
-                                 f"{', '.join('-' + x for x in found)}); pass --modality with one of "
-                                 f"{', '.join(found)}.")
+                raise ValueError(
+                    f"dataset_dir '{root}' holds no '<case>-{suffix}.nii.gz' file (its files end in "
+                    f"{', '.join('-' + x for x in found)}); pass --modality with one of "
+                    f"{', '.join(found)}."
+                )
             entries = [{"case": s[: -len(suffix) - 1], out_key: str(f)} for f, s in picked]
         else:
             entries = [{"case": s, out_key: str(f)} for f, s in zip(files, stems)]
@@ -127,7 +103,14 @@ def build_datalist(
     return entries
 
 
-def _from_json(path: Path, base: Path | None, keys: Mapping[str, str | None], split: str) -> list[dict[str, str]]:
+def read_split(path: str | os.PathLike, split: str) -> list:
+    """The entries under ``split`` of the datalist JSON ``path``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: it is not valid JSON, or has no non-empty list under ``split``.
+    """
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"datalist '{path}' does not exist.")
     try:
@@ -135,8 +118,13 @@ def _from_json(path: Path, base: Path | None, keys: Mapping[str, str | None], sp
     except json.JSONDecodeError as e:
         raise ValueError(f"datalist '{path}' is not valid JSON: {e}") from e
     items = content.get(split) if isinstance(content, dict) else None
-    if not isinstance(items, Sequence) or not items:
+    if not isinstance(items, list) or not items:
         raise ValueError(f"datalist '{path}' has no non-empty list under '{split}'.")
+    return items
+
+
+def _from_json(path: Path, base: Path | None, keys: Mapping[str, str | None], split: str) -> list[dict[str, str]]:
+    items = read_split(path, split)
     base = base if base is not None else path.parent
     entries = []
     for i, item in enumerate(items):

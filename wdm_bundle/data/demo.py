@@ -28,9 +28,10 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["CONTRASTS", "FOV_MM", "SEG_LABELS", "load_mni_templates", "make_demo_dataset", "make_demo_subject"]
+from wdm_bundle.data.io import CONTRASTS
 
-CONTRASTS: tuple[str, ...] = ("t1n", "t1c", "t2w", "t2f")
+__all__ = ["FOV_MM", "SEG_LABELS", "load_mni_templates", "make_demo_dataset", "make_demo_subject"]
+
 FOV_MM: tuple[float, float, float] = (160.0, 192.0, 160.0)
 SEG_LABELS: dict[int, str] = {0: "background", 1: "necrotic core", 2: "oedema", 3: "enhancing tumour"}
 
@@ -185,6 +186,64 @@ def _grid(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return affine, spacing, world
 
 
+def _warped_tissues(shape: tuple[int, int, int], rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """A randomly deformed template on the output grid.
+
+    Returns:
+        affine (4x4), spacing (3,), the template points of the voxels (3, N) in mm, the tissue
+        fractions gm, wm, csf (summing to 1 inside the mask) and the brain mask (bool).
+    """
+    affine, spacing, world = _grid(shape)
+    sigma = tuple(float(0.42 * s) if s > 1.5 else 0.0 for s in spacing)  # template voxels are 1 mm
+    stack, inv_tpl = _smoothed_templates(sigma)  # type: ignore[arg-type]
+    centre = _template_geometry()[0]
+
+    # Random smooth deformation: output (subject) mm -> template mm.
+    lin = _rotation(np.deg2rad(rng.uniform(-4, 4, 3))) @ np.diag(rng.uniform(0.93, 1.07, 3))
+    shift = rng.uniform(-4, 4, 3)
+    amp = rng.uniform(1.5, 3.0)  # displacement std in mm (peaks ~2.5x)
+    disp = np.stack([_smooth_noise(rng, shape, 5).ravel() * amp for _ in range(3)])
+    pts = lin @ (world - centre[:, None]) + (centre + shift)[:, None] + disp
+    vox = inv_tpl[:3, :3] @ pts + inv_tpl[:3, 3:]
+    gm, wm, csf, msoft = (ndi.map_coordinates(m, vox, order=1, cval=0.0, prefilter=False).reshape(shape) for m in stack)
+    mask = msoft > 0.5
+    norm = np.where(mask, 1.0 / np.maximum(gm + wm + csf, 1e-3), 0.0).astype(np.float32)
+    return affine, spacing, pts, gm * norm, wm * norm, csf * norm, mask
+
+
+def _tissue_classes(
+    gm: np.ndarray, wm: np.ndarray, csf: np.ndarray, mask: np.ndarray, lesion: tuple[np.ndarray, ...] | None
+) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """Fractions of the classes of ``_TISSUES`` (lesion memberships ``(oedema, enhancing, core)`` or None) and seg."""
+    paren = gm + wm
+    f_oed, f_enh, f_core = lesion if lesion is not None else (np.zeros(gm.shape, np.float32),) * 3
+    # The tumour proper (core + rim) replaces all parenchyma; oedema spreads in WM, spares half the GM.
+    oed = (wm + 0.5 * gm) * (f_oed - f_enh)
+    gm_left, wm_left = gm * (1 - f_enh - 0.5 * (f_oed - f_enh)), wm * (1 - f_oed)
+    fractions = (gm_left, wm_left, csf, paren * f_core, paren * (f_enh - f_core), oed)  # order of _TISSUES
+    seg = np.zeros(gm.shape, np.uint8)
+    seg[paren * f_enh + oed >= 0.5] = 2
+    seg[paren * f_enh >= 0.5] = 3
+    seg[paren * f_core >= 0.5] = 1
+    seg[~mask] = 0
+    return fractions, seg
+
+
+def _render(name: str, rng: np.random.Generator, fractions: Sequence[np.ndarray], mask: np.ndarray) -> np.ndarray:
+    """Contrast ``name`` of the tissue ``fractions``: per-subject means, bias field, Rician noise; 0 outside ``mask``.
+
+    ``fractions`` are in the order of ``_TISSUES``.
+    """
+    shape = mask.shape
+    means = np.asarray(_MEANS[name]) * rng.uniform(0.85, 1.2) * rng.uniform(0.9, 1.1, len(_TISSUES))
+    bias = np.exp(rng.uniform(0.05, 0.15) * _smooth_noise(rng, shape, 3)).astype(np.float32)
+    noise_sd = float(rng.uniform(0.02, 0.04) * means[1])  # Rician noise, a few % of WM
+    clean = sum(f * np.float32(m) for f, m in zip(fractions, means)) * bias
+    real, imag = (noise_sd * rng.standard_normal(shape, np.float32) for _ in range(2))
+    noisy = np.hypot(clean + real, imag)
+    return np.where(mask, noisy, 0.0).astype(np.float32)
+
+
 def make_demo_subject(
     size: int | Sequence[int] = 32,
     seed: int | Sequence[int] = 0,
@@ -219,52 +278,16 @@ def make_demo_subject(
     r_choice, r_deform, r_lesion, *r_images = map(np.random.default_rng, np.random.SeedSequence(entropy).spawn(7))
     has_lesion = bool(r_choice.random() < lesion_prob) if lesion is None else bool(lesion)
 
-    affine, spacing, world = _grid(shape)
-    sigma = tuple(float(0.42 * s) if s > 1.5 else 0.0 for s in spacing)  # template voxels are 1 mm
-    stack, inv_tpl = _smoothed_templates(sigma)  # type: ignore[arg-type]
-    centre = _template_geometry()[0]
-
-    # Random smooth deformation: output (subject) mm -> template mm.
-    lin = _rotation(np.deg2rad(r_deform.uniform(-4, 4, 3))) @ np.diag(r_deform.uniform(0.93, 1.07, 3))
-    shift = r_deform.uniform(-4, 4, 3)
-    amp = r_deform.uniform(1.5, 3.0)  # displacement std in mm (peaks ~2.5x)
-    disp = np.stack([_smooth_noise(r_deform, shape, 5).ravel() * amp for _ in range(3)])
-    pts = lin @ (world - centre[:, None]) + (centre + shift)[:, None] + disp
-    vox = inv_tpl[:3, :3] @ pts + inv_tpl[:3, 3:]
-    gm, wm, csf, msoft = (ndi.map_coordinates(m, vox, order=1, cval=0.0, prefilter=False).reshape(shape) for m in stack)
-    mask = msoft > 0.5
-    norm = np.where(mask, 1.0 / np.maximum(gm + wm + csf, 1e-3), 0.0).astype(np.float32)
-    gm, wm, csf = gm * norm, wm * norm, csf * norm  # tissue fractions sum to 1 inside the mask
-
-    paren = gm + wm
+    affine, spacing, pts, gm, wm, csf, mask = _warped_tissues(shape, r_deform)
+    fracs = None
     if has_lesion:
-        fracs = _lesion_fractions(r_lesion, pts, spacing)
-        f_oed, f_enh, f_core = (f.reshape(shape).astype(np.float32) for f in fracs)
-    else:
-        f_oed = f_enh = f_core = np.zeros(shape, np.float32)
-    # The tumour proper (core + rim) replaces all parenchyma; oedema spreads in WM, spares half the GM.
-    oed = (wm + 0.5 * gm) * (f_oed - f_enh)
-    gm_left, wm_left = gm * (1 - f_enh - 0.5 * (f_oed - f_enh)), wm * (1 - f_oed)
-    fractions = (gm_left, wm_left, csf, paren * f_core, paren * (f_enh - f_core), oed)  # order of _TISSUES
-    seg = np.zeros(shape, np.uint8)
-    seg[paren * f_enh + oed >= 0.5] = 2
-    seg[paren * f_enh >= 0.5] = 3
-    seg[paren * f_core >= 0.5] = 1
-    seg[~mask] = 0
-
-    out: dict[str, np.ndarray] = {}
-    for name, rng in zip(CONTRASTS, r_images):
-        means = np.asarray(_MEANS[name]) * rng.uniform(0.85, 1.2) * rng.uniform(0.9, 1.1, len(_TISSUES))
-        bias = np.exp(rng.uniform(0.05, 0.15) * _smooth_noise(rng, shape, 3)).astype(np.float32)
-        noise_sd = float(rng.uniform(0.02, 0.04) * means[1])  # Rician noise, a few % of WM
-        clean = sum(f * np.float32(m) for f, m in zip(fractions, means)) * bias
-        real, imag = (noise_sd * rng.standard_normal(shape, np.float32) for _ in range(2))
-        noisy = np.hypot(clean + real, imag)
-        out[name] = np.where(mask, noisy, 0.0).astype(np.float32)
+        fracs = tuple(f.reshape(shape).astype(np.float32) for f in _lesion_fractions(r_lesion, pts, spacing))
+    fractions, seg = _tissue_classes(gm, wm, csf, mask, fracs)
+    out: dict[str, np.ndarray] = {name: _render(name, rng, fractions, mask) for name, rng in zip(CONTRASTS, r_images)}
     out["seg"] = seg
     out["affine"] = affine
     if return_tissues:
-        out.update(gm=gm_left, wm=wm_left, csf=csf)
+        out.update(gm=fractions[0], wm=fractions[1], csf=csf)
     return out
 
 
@@ -322,12 +345,15 @@ def make_demo_dataset(
     if not 0.0 <= lesion_prob <= 1.0:
         raise ValueError(f"'lesion_prob' must be in [0, 1]; got {lesion_prob!r}.")
     num_cases, num_test, seed = int(num_cases), int(num_test), int(seed)
+    num_train = num_cases - num_test
 
     root = Path(output_dir)
     datalist_path = root / "datalist.json"
     existing = [datalist_path] if datalist_path.exists() else sorted(p for p in root.glob("BraTS-DEMO-*") if p.is_dir())
     if existing and not overwrite:
-        raise FileExistsError(f"'{root}' already holds a demo data set ({existing[0]}); pass overwrite=True to replace it.")
+        raise FileExistsError(
+            f"'{root}' already holds a demo data set ({existing[0]}); pass overwrite=True to replace it."
+        )
     root.mkdir(parents=True, exist_ok=True)
 
     entries = []
@@ -345,10 +371,14 @@ def make_demo_dataset(
     datalist = {
         "description": "Synthetic BraTS-layout brain MR demo data (deformed MNI152 2009a anatomy from nilearn, "
         "optional tumour-like lesion) made by wdm_bundle.data.demo.",
-        "size": list(shape), "spacing": [float(s) for s in np.asarray(FOV_MM) / np.asarray(shape)],
-        "seed": seed, "lesion_prob": float(lesion_prob), "contrasts": list(CONTRASTS),
+        "size": list(shape),
+        "spacing": [float(s) for s in np.asarray(FOV_MM) / np.asarray(shape)],
+        "seed": seed,
+        "lesion_prob": float(lesion_prob),
+        "contrasts": list(CONTRASTS),
         "labels": {str(k): v for k, v in SEG_LABELS.items()},
-        "training": entries[: num_cases - num_test], "test": entries[num_cases - num_test :],
+        "training": entries[:num_train],
+        "test": entries[num_train:],
     }
     with open(datalist_path, "w") as f:
         json.dump(datalist, f, indent=2)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wdm_bundle.data.datalists import find_case_files
-from wdm_bundle.data.demo import CONTRASTS
+from wdm_bundle.data.datalists import read_split
+from wdm_bundle.data.io import CONTRASTS, find_case_files, find_cases, require_folder
 
 __all__ = ["choose_missing", "make_pseudo_validation"]
 
@@ -37,17 +37,59 @@ def _check_empty(folder: Path, name: str, overwrite: bool) -> None:
 
 
 def _cases_from_datalist(datalist: Path, split: str) -> list[str]:
-    if not datalist.is_file():
-        raise FileNotFoundError(f"datalist '{datalist}' does not exist.")
-    items = json.loads(datalist.read_text()).get(split)
-    if not isinstance(items, list) or not items:
-        raise ValueError(f"datalist '{datalist}' has no non-empty list under '{split}'.")
     cases = []
-    for i, item in enumerate(items):
+    for i, item in enumerate(read_split(datalist, split)):
         if not isinstance(item, dict) or "case" not in item:
             raise ValueError(f"datalist '{datalist}', {split}[{i}]: no 'case' entry.")
         cases.append(str(item["case"]))
     return cases
+
+
+def _check_arguments(
+    seed: int,
+    contrasts: Sequence[str],
+    cases: Sequence[str] | None,
+    datalist: str | os.PathLike | None,
+    input_dir: str | os.PathLike | None,
+) -> tuple[list[str], str | os.PathLike]:
+    """The contrasts as a list of names and the input folder (default: the datalist's folder); ValueError if bad."""
+    if int(seed) != seed or seed < 0:
+        raise ValueError(f"'seed' must be a non-negative int; got {seed!r}.")
+    contrasts = [str(c) for c in ([contrasts] if isinstance(contrasts, str) else contrasts)]
+    if len(contrasts) < 2 or len(set(contrasts)) != len(contrasts):
+        raise ValueError(f"'contrasts' must name >= 2 distinct contrasts; got {contrasts}.")
+    if cases is not None and datalist is not None:
+        raise ValueError("give either 'cases' or 'datalist' (with 'split'), not both.")
+    if input_dir is None:
+        if datalist is None:
+            raise ValueError("'input_dir' is required unless 'datalist' is given.")
+        input_dir = Path(datalist).parent
+    return contrasts, input_dir
+
+
+def _case_names(root: Path, cases: Sequence[str] | None, datalist: str | os.PathLike | None, split: str) -> list[str]:
+    """The case names to use: from ``datalist``, else ``cases``, else every case folder of ``root``; all must exist."""
+    if datalist is not None:
+        names = _cases_from_datalist(Path(datalist), split)
+    elif cases is not None:
+        names = [str(c) for c in ([cases] if isinstance(cases, str) else cases)]
+    else:
+        names = [p.name for p in find_cases(root)]
+    absent = [c for c in names if not (root / c).is_dir()]
+    if absent:
+        raise FileNotFoundError(f"{len(absent)} case folder(s) not in '{root}': {', '.join(absent)}")
+    return names
+
+
+def _split_case(files: dict[str, str], case: str, drop: str, keep: Sequence[str], out: Path, gt: Path) -> None:
+    """Copy ``files[keep]`` to ``<out>/<case>/`` and ``files[drop]`` to ``<gt>/<case>/``, replacing those folders."""
+    for folder in (out / case, gt / case):
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+    for key in keep:
+        shutil.copyfile(files[key], out / case / Path(files[key]).name)
+    shutil.copyfile(files[drop], gt / case / Path(files[drop]).name)
 
 
 def make_pseudo_validation(
@@ -93,35 +135,14 @@ def make_pseudo_validation(
         FileNotFoundError: ``input_dir``, ``datalist`` or a requested case folder does not exist.
         FileExistsError: ``output_dir`` or ``gt_dir`` is not empty and ``overwrite`` is False.
     """
-    if int(seed) != seed or seed < 0:
-        raise ValueError(f"'seed' must be a non-negative int; got {seed!r}.")
-    contrasts = [str(c) for c in ([contrasts] if isinstance(contrasts, str) else contrasts)]
-    if len(contrasts) < 2 or len(set(contrasts)) != len(contrasts):
-        raise ValueError(f"'contrasts' must name >= 2 distinct contrasts; got {contrasts}.")
-    if cases is not None and datalist is not None:
-        raise ValueError("give either 'cases' or 'datalist' (with 'split'), not both.")
-    if input_dir is None:
-        if datalist is None:
-            raise ValueError("'input_dir' is required unless 'datalist' is given.")
-        input_dir = Path(datalist).parent
-    root, out, gt = Path(input_dir), Path(output_dir), Path(gt_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"input_dir '{root}' does not exist or is not a folder.")
+    contrasts, input_dir = _check_arguments(seed, contrasts, cases, datalist, input_dir)
+    root, out, gt = require_folder(input_dir, "input_dir"), Path(output_dir), Path(gt_dir)
     resolved = {"input_dir": root.resolve(), "output_dir": out.resolve(), "gt_dir": gt.resolve()}
     if len(set(resolved.values())) != 3:
         raise ValueError(f"'input_dir', 'output_dir' and 'gt_dir' must be three different folders; got {resolved}.")
     _check_empty(out, "output_dir", overwrite)
     _check_empty(gt, "gt_dir", overwrite)
-
-    if datalist is not None:
-        names = _cases_from_datalist(Path(datalist), split)
-    elif cases is not None:
-        names = [str(c) for c in ([cases] if isinstance(cases, str) else cases)]
-    else:
-        names = sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob("*.nii*")))
-    absent = [c for c in names if not (root / c).is_dir()]
-    if absent:
-        raise FileNotFoundError(f"{len(absent)} case folder(s) not in '{root}': {', '.join(absent)}")
+    names = _case_names(root, cases, datalist, split)
 
     missing: dict[str, str] = {}
     skipped = []
@@ -132,14 +153,8 @@ def make_pseudo_validation(
             skipped.append(f"{case}: lacks {', '.join(lacking)}")
             continue
         drop = choose_missing(case, contrasts, seed)
-        for folder in (out / case, gt / case):
-            if folder.exists():
-                shutil.rmtree(folder)
-            folder.mkdir(parents=True)
         keep = [c for c in contrasts if c != drop] + (["seg"] if keep_seg and "seg" in files else [])
-        for key in keep:
-            shutil.copyfile(files[key], out / case / Path(files[key]).name)
-        shutil.copyfile(files[drop], gt / case / Path(files[drop]).name)
+        _split_case(files, case, drop, keep, out, gt)
         missing[case] = drop
     if skipped:
         logger.warning("skipped %d incomplete case(s):\n  %s", len(skipped), "\n  ".join(skipped))

@@ -8,8 +8,10 @@ pad/crop back to the input size is not an inverse for odd size differences (155 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+import nibabel as nib
+import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.transforms import (
@@ -27,7 +29,7 @@ from monai.transforms import (
 )
 from monai.utils import StrEnum
 
-__all__ = ["Placement", "framing_transform", "synthesis_preprocessing", "invert_framing"]
+__all__ = ["Placement", "framing_transform", "synthesis_preprocessing", "invert_framing", "training_spacing"]
 
 
 class Placement(StrEnum):
@@ -127,3 +129,26 @@ def invert_framing(volume: torch.Tensor, like: MetaTensor, preprocessing: Compos
     data = {key: like, "_pred": MetaTensor(torch.as_tensor(volume).detach())}
     inverted = Invertd("_pred", preprocessing, orig_keys=key, nearest_interp=False, to_tensor=True)(data)["_pred"]
     return torch.as_tensor(inverted)
+
+
+def training_spacing(
+    datalist: Sequence[Mapping[str, str]],
+    key: str = "image",
+    image_size: Sequence[int] | None = None,
+    roi_size: Sequence[int] | None = None,
+    orientation: str | None = "RAS",
+) -> list[float]:
+    """Voxel size (mm, per axis of the network's grid) of the training volumes after preprocessing.
+
+    The first file's voxel size (header only), in the axis order after reorienting to ``orientation``,
+    times the resampling factor: the framed size (``roi_size``, else the file's shape) over ``image_size``.
+    Generation writes its samples with it.
+    """
+    path = datalist[0][key]
+    img = nib.load(path)
+    if orientation:  # axis order after MONAI's Orientationd; RAS and LPS share it
+        img = nib.as_closest_canonical(img)
+    zooms = np.asarray(img.header.get_zooms()[:3], float)
+    frame = np.asarray(roi_size or img.shape[:3], float)
+    size = np.asarray(image_size or frame, float)
+    return [round(float(v), 6) for v in zooms * frame / size]

@@ -8,21 +8,19 @@ import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
-__all__ = ["InvalidDataError", "validate_images", "resolve_image_size", "volume_shape"]
+from wdm_bundle.data.io import spatial_shape, volume_shape
+
+__all__ = ["InvalidDataError", "validate_images", "resolve_image_size"]
 
 
 class InvalidDataError(ValueError):
     """One or more input files cannot be used; the message lists each file and its problem."""
 
 
-def volume_shape(path: str) -> tuple[int, ...]:
-    """Spatial shape of a NIfTI file from its header (a trailing singleton 4th dim is dropped)."""
-    shape = tuple(int(s) for s in nib.load(path).shape)
-    return shape[:3] if len(shape) == 4 and shape[3] == 1 else shape
-
-
 def resolve_image_size(
-    image_size: Sequence[int] | None, roi_size: Sequence[int] | None, datalist: Sequence[Mapping[str, str]],
+    image_size: Sequence[int] | None,
+    roi_size: Sequence[int] | None,
+    datalist: Sequence[Mapping[str, str]],
     key: str = "image",
 ) -> tuple[int, ...]:
     """The (D, H, W) the network sees: ``image_size``, else ``roi_size``, else the first file's shape."""
@@ -46,14 +44,16 @@ def _check_file(path: str, check_values: bool, size_multiple: int | None) -> str
         shape = tuple(int(s) for s in img.shape)
     except Exception as e:  # nibabel raises many types for broken files
         return f"cannot be read as NIfTI ({type(e).__name__}: {e})"
-    spatial = shape[:3] if len(shape) == 4 and shape[3] == 1 else shape
+    spatial = spatial_shape(shape)
     if len(spatial) != 3:
         return f"is {len(shape)}D with shape {shape}; expected a 3D volume (D, H, W)"
     if min(spatial) < 2:
         return f"has a degenerate shape {shape}"
     if size_multiple and any(s % size_multiple for s in spatial):
-        return (f"has shape {spatial}, not divisible by {size_multiple} (the network's downsampling); "
-                "set 'roi_size' to pad/crop it")
+        return (
+            f"has shape {spatial}, not divisible by {size_multiple} (the network's downsampling); "
+            "set 'roi_size' to pad/crop it"
+        )
     if check_values:
         try:
             data = np.asanyarray(img.dataobj)

@@ -1,28 +1,22 @@
 """Noise schedules, samplers and the wavelet diffusion inferer."""
 
+from wdm_bundle.diffusion import schedulers as _schedulers
 from wdm_bundle.diffusion.inferer import WaveletDiffusionInferer, unwrap_model
 from wdm_bundle.diffusion.schedulers import (
+    RFLOW_X0_MIN_T,
     VARIANCE_TYPES,
     DDIMScheduler64,
     DDPMScheduler64,
     Diffusion,
     Float64Schedule,
     Sampler,
+    TimestepSampling,
+    VarianceType,
     check_sampler,
     diffusion_of,
     make_scheduler,
+    training_scheduler,
+    velocity_from_x0,
 )
 
-__all__ = [
-    "WaveletDiffusionInferer",
-    "unwrap_model",
-    "Sampler",
-    "Diffusion",
-    "make_scheduler",
-    "diffusion_of",
-    "check_sampler",
-    "Float64Schedule",
-    "DDPMScheduler64",
-    "DDIMScheduler64",
-    "VARIANCE_TYPES",
-]
+__all__ = ["WaveletDiffusionInferer", "unwrap_model", *_schedulers.__all__]

@@ -57,8 +57,10 @@ class WaveletDiffusionInferer(DiffusionInferer):
     ) -> None:
         super().__init__(scheduler)
         if scheduler.prediction_type != "sample" and not isinstance(scheduler, RFlowScheduler):
-            raise ValueError(f"the wavelet model predicts x0 (or a rectified-flow velocity): scheduler.prediction_type "
-                             f"must be 'sample' or the scheduler an RFlowScheduler, got '{scheduler.prediction_type}'.")
+            raise ValueError(
+                f"the wavelet model predicts x0 (or a rectified-flow velocity): scheduler.prediction_type "
+                f"must be 'sample' or the scheduler an RFlowScheduler, got '{scheduler.prediction_type}'."
+            )
         if len(data_range) != 2 or data_range[0] >= data_range[1]:
             raise ValueError(f"data_range must be (min, max) with min < max, got {data_range}.")
         self.data_range = (float(data_range[0]), float(data_range[1]))
@@ -77,9 +79,11 @@ class WaveletDiffusionInferer(DiffusionInferer):
         timesteps: torch.Tensor,
         condition: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Noise clean coefficients ``inputs`` (B, 8C, d, h, w) to step ``timesteps`` (B,) and predict x0 (or velocity)."""
+        """Noise clean coefficients ``inputs`` (B, 8C, d, h, w) to step ``timesteps`` (B,); predict x0 (or velocity)."""
         mode = "crossattn" if condition is None else "concat"
-        out = super().__call__(inputs, diffusion_model, noise=noise, timesteps=timesteps, condition=condition, mode=mode)
+        out = super().__call__(
+            inputs, diffusion_model, noise=noise, timesteps=timesteps, condition=condition, mode=mode
+        )
         if self.diffusion != Diffusion.RFLOW_X0:
             return out
         x_t = self.scheduler.add_noise(original_samples=inputs, noise=noise, timesteps=timesteps)

@@ -1,6 +1,14 @@
-"""MONAI schedulers configured for wavelet diffusion: x0-predicting DDPM/DDIM, or rectified flow."""
+"""MONAI schedulers configured for wavelet diffusion: x0-predicting DDPM/DDIM, or rectified flow.
+
+Vocabulary: the *diffusion* (`Diffusion`) is the training objective, fixed when a model is trained
+(`training_scheduler`); the *sampler* (`Sampler`) is the sampling algorithm, chosen at inference
+(`make_scheduler`) among those that suit the objective (`check_sampler`).
+"""
 
 from __future__ import annotations
+
+import inspect
+from typing import Any
 
 import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, NoiseSchedules, RFlowScheduler, Scheduler
@@ -10,7 +18,10 @@ from monai.utils import StrEnum, unsqueeze_right
 __all__ = [
     "Sampler",
     "Diffusion",
+    "TimestepSampling",
+    "VarianceType",
     "make_scheduler",
+    "training_scheduler",
     "diffusion_of",
     "check_sampler",
     "velocity_from_x0",
@@ -22,7 +33,16 @@ __all__ = [
 ]
 
 
-class Sampler(StrEnum):
+class ClosedSet(StrEnum):
+    """A `StrEnum` whose error for an unknown value lists the allowed ones."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> Any:
+        allowed = ", ".join(m.value for m in cls)
+        raise ValueError(f"{value!r} is not a valid {cls.__name__}; use one of {allowed}.")
+
+
+class Sampler(ClosedSet):
     """Sampling algorithms.
 
     ``ddpm`` = ancestral over all T steps (the paper), ``ddim`` = deterministic, any steps (both
@@ -35,7 +55,7 @@ class Sampler(StrEnum):
     RFLOW = "rflow"
 
 
-class Diffusion(StrEnum):
+class Diffusion(ClosedSet):
     """Training objectives.
 
     ``ddpm``: the paper's DDPM forward process (linear betas), the network predicts the clean
@@ -53,13 +73,35 @@ class Diffusion(StrEnum):
     RFLOW_X0 = "rflow_x0"
 
 
+class TimestepSampling(ClosedSet):
+    """How rectified-flow training draws t (MONAI's ``sample_method``): ``uniform``, or ``logit-normal``
+    (t/T = sigmoid(N(loc, scale)))."""
+
+    UNIFORM = "uniform"
+    LOGIT_NORMAL = "logit-normal"
+
+
+class VarianceType(ClosedSet):
+    """DDPM posterior variances: ``fixed_large`` (sigma_t^2 = beta_t, the reference's) or ``fixed_small``
+    (the posterior's beta~_t). MONAI's ``learned*`` types need a variance output, which the wavelet
+    networks do not have."""
+
+    FIXED_SMALL = DDPMVarianceType.FIXED_SMALL.value
+    FIXED_LARGE = DDPMVarianceType.FIXED_LARGE.value
+
+
 #: Smallest t/T by which `velocity_from_x0` divides: the velocity loss of an x0-predicting network
 #: weighs x0 errors by (T/t)^2, unbounded near t = 0 without a floor (0.05 as Li & He 2025).
 RFLOW_X0_MIN_T = 0.05
 
 
-def velocity_from_x0(x0: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor, num_train_timesteps: int,
-                     min_t: float = RFLOW_X0_MIN_T) -> torch.Tensor:
+def velocity_from_x0(
+    x0: torch.Tensor,
+    x_t: torch.Tensor,
+    timesteps: torch.Tensor,
+    num_train_timesteps: int,
+    min_t: float = RFLOW_X0_MIN_T,
+) -> torch.Tensor:
     """Rectified-flow velocity ``(x0 - x_t) / max(t/T, min_t)`` of an x0 (B, C, ...) at ``x_t``, ``timesteps`` (B,).
 
     Equals x0 - noise where t/T >= ``min_t`` (x_t = (1 - t/T) x0 + (t/T) noise); used alike for
@@ -119,8 +161,17 @@ class Float64Schedule:
     alphas_cumprod: torch.Tensor
     num_train_timesteps: int
 
-    def _set_float64_tables(self, schedule: str, schedule_args: dict) -> None:
-        args = dict(schedule_args, num_train_timesteps=self.num_train_timesteps)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """The arguments of the MONAI scheduler this mixin precedes (next in the MRO)."""
+        super().__init__(*args, **kwargs)
+        arguments = inspect.signature(super().__init__).bind(*args, **kwargs)
+        arguments.apply_defaults()
+        self._set_float64_tables(arguments.arguments)
+
+    def _set_float64_tables(self, arguments: dict[str, Any]) -> None:
+        """Rebuild the tables from the MONAI constructor's ``arguments`` (``schedule``, ``schedule_args``)."""
+        schedule = arguments["schedule"]
+        args = dict(arguments["schedule_args"], num_train_timesteps=self.num_train_timesteps)
         tables = FLOAT64_SCHEDULES.get(schedule, NoiseSchedules[schedule])(**args)
         if isinstance(tables, tuple):
             betas, alphas, alphas_cumprod = (torch.as_tensor(v).to(torch.float64) for v in tables)
@@ -156,66 +207,28 @@ class Float64Schedule:
 class DDPMScheduler64(Float64Schedule, DDPMScheduler):
     """MONAI's `DDPMScheduler` with float64 tables (`Float64Schedule`); same arguments."""
 
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,
-        schedule: str = "linear_beta",
-        variance_type: str = DDPMVarianceType.FIXED_SMALL,
-        clip_sample: bool = True,
-        prediction_type: str = "epsilon",
-        clip_sample_min: float = -1.0,
-        clip_sample_max: float = 1.0,
-        **schedule_args,
-    ) -> None:
-        super().__init__(
-            num_train_timesteps,
-            schedule,
-            variance_type,
-            clip_sample,
-            prediction_type,
-            clip_sample_min,
-            clip_sample_max,
-            **schedule_args,
-        )
-        self._set_float64_tables(schedule, schedule_args)
-
 
 class DDIMScheduler64(Float64Schedule, DDIMScheduler):
     """MONAI's `DDIMScheduler` with float64 tables (`Float64Schedule`); same arguments."""
 
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,
-        schedule: str = "linear_beta",
-        clip_sample: bool = True,
-        set_alpha_to_one: bool = True,
-        steps_offset: int = 0,
-        prediction_type: str = "epsilon",
-        clip_sample_min: float = -1.0,
-        clip_sample_max: float = 1.0,
-        **schedule_args,
-    ) -> None:
-        super().__init__(
-            num_train_timesteps,
-            schedule,
-            clip_sample,
-            set_alpha_to_one,
-            steps_offset,
-            prediction_type,
-            clip_sample_min,
-            clip_sample_max,
-            **schedule_args,
-        )
-        self._set_float64_tables(schedule, schedule_args)
-        self.final_alpha_cumprod = self.one.clone() if set_alpha_to_one else self.alphas_cumprod[0]
+    def _set_float64_tables(self, arguments: dict[str, Any]) -> None:
+        super()._set_float64_tables(arguments)
+        self.final_alpha_cumprod = self.one.clone() if arguments["set_alpha_to_one"] else self.alphas_cumprod[0]
 
 
-#: DDPM posterior variances `make_scheduler` accepts (MONAI's ``learned*`` types need a variance
-#: output, which the wavelet networks do not have).
-VARIANCE_TYPES = (DDPMVarianceType.FIXED_SMALL.value, DDPMVarianceType.FIXED_LARGE.value)
+#: DDPM posterior variances `make_scheduler` accepts (`VarianceType`).
+VARIANCE_TYPES = tuple(v.value for v in VarianceType)
 
 #: Default number of sampling steps per sampler (None = all T steps).
 DEFAULT_STEPS = {Sampler.DDPM: None, Sampler.DDIM: 50, Sampler.RFLOW: 30}
+
+
+def _member(kind: type[ClosedSet], value: Any, name: str) -> ClosedSet:
+    """``kind(value)``; its error (which lists the allowed values) names the argument."""
+    try:
+        return kind(value)
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
 
 
 def make_scheduler(
@@ -225,19 +238,20 @@ def make_scheduler(
     schedule: str = "linear_beta",
     beta_start: float = 1e-4,
     beta_end: float = 0.02,
-    variance_type: str = DDPMVarianceType.FIXED_LARGE,
-    timestep_sampling: str = "uniform",
+    variance_type: str = VarianceType.FIXED_LARGE,
+    timestep_sampling: str = TimestepSampling.UNIFORM,
     timestep_loc: float = 0.0,
     timestep_scale: float = 1.0,
 ) -> Scheduler:
-    """Build a MONAI scheduler for wavelet diffusion, timesteps already set.
+    """The MONAI scheduler of sampling algorithm ``sampler`` (`Sampler`) for wavelet diffusion, timesteps set.
 
     ``ddpm``/``ddim`` are `DDPMScheduler64`/`DDIMScheduler64` (float64 tables, as the reference)
     predicting x0 (``prediction_type="sample"``) with MONAI's own clipping off
     (``clip_sample=False``): the sampler clamps x0 in image space, which MONAI cannot do because
     the scheduler never sees the wavelet transform. ``rflow`` is MONAI's `RFlowScheduler`
     (velocity prediction, discrete timesteps drawn uniformly for training, evenly spaced from T
-    down for sampling, no resolution-dependent timestep shift).
+    down for sampling, no resolution-dependent timestep shift). A model's training scheduler is
+    `training_scheduler`.
 
     The returned scheduler has ``schedule_config``: the keyword arguments of this function that
     rebuild its training schedule, so ``make_scheduler(sampler, steps, **s.schedule_config)`` gives
@@ -246,62 +260,83 @@ def make_scheduler(
     ``timestep_sampling``, ``timestep_loc``, ``timestep_scale``.
 
     Args:
-        sampler: ``"ddpm"``, ``"ddim"`` or ``"rflow"``; for training, the objective (`Diffusion`):
-            ``"ddpm"``, or ``"rflow"``/``"rflow_x0"`` (both an `RFlowScheduler`).
+        sampler: ``"ddpm"``, ``"ddim"`` (models trained with diffusion ``"ddpm"``) or ``"rflow"``
+            (``"rflow"``/``"rflow_x0"`` models).
         num_inference_steps: denoising steps; default T for DDPM, 50 for DDIM, 30 for RFlow.
             DDPM with fewer than T steps uses MONAI's strided DDPM.
         num_train_timesteps: T (paper: 1000).
         schedule, beta_start, beta_end: DDPM/DDIM noise schedule (paper: linear 1e-4 -> 0.02).
-        variance_type: DDPM posterior variance: ``fixed_large`` (sigma_t^2 = beta_t, the reference's)
-            or ``fixed_small`` (the posterior's beta~_t). DDIM ignores it.
+        variance_type: DDPM posterior variance (`VarianceType`); DDIM ignores it.
         timestep_sampling, timestep_loc, timestep_scale: RFlow only: how training draws t
-            (MONAI's ``sample_method``, ``"uniform"`` or ``"logit-normal"``: t/T =
-            sigmoid(N(loc, scale)); loc > 0 trains more on noisy inputs). DDPM training draws t
+            (`TimestepSampling`; loc > 0 trains more on noisy inputs). DDPM training draws t
             uniformly, as the paper.
     """
-    # training: the objective's scheduler
-    sampler = Sampler(Sampler.RFLOW if sampler == Diffusion.RFLOW_X0 else sampler)
-    if variance_type not in VARIANCE_TYPES:
-        raise ValueError(f"variance_type must be one of {', '.join(VARIANCE_TYPES)}, got '{variance_type}'.")
+    if isinstance(sampler, str) and sampler == Diffusion.RFLOW_X0:
+        raise ValueError(
+            f"'{sampler}' is a training objective (Diffusion), not a Sampler: sample it with "
+            f"'{Sampler.RFLOW}', or build its training scheduler with training_scheduler."
+        )
+    sampler = _member(Sampler, sampler, "sampler")
+    variance_type = _member(VarianceType, variance_type, "variance_type")
     num_train_timesteps = int(num_train_timesteps)
-    default = DEFAULT_STEPS[sampler]
-    steps = num_train_timesteps if default is None else default
+    steps = DEFAULT_STEPS[sampler] or num_train_timesteps
     steps = steps if num_inference_steps is None else int(num_inference_steps)
     if not 1 <= steps <= num_train_timesteps:
         raise ValueError(f"num_inference_steps must be in [1, {num_train_timesteps}], got {steps}.")
-    scheduler: Scheduler
     if sampler == Sampler.RFLOW:
-        config: dict = {
-            "num_train_timesteps": num_train_timesteps,
-            "timestep_sampling": str(timestep_sampling),
-            "timestep_loc": float(timestep_loc),
-            "timestep_scale": float(timestep_scale),
-        }
-        scheduler = RFlowScheduler(
-            num_train_timesteps=num_train_timesteps,
-            use_discrete_timesteps=True,
-            sample_method=config["timestep_sampling"],
-            loc=config["timestep_loc"],
-            scale=config["timestep_scale"],
-        )
+        scheduler = _rflow_scheduler(num_train_timesteps, timestep_sampling, timestep_loc, timestep_scale)
     else:
-        config = {
+        schedule_config = {
             "num_train_timesteps": num_train_timesteps,
             "schedule": str(schedule),
             "beta_start": float(beta_start),
             "beta_end": float(beta_end),
-            "variance_type": str(DDPMVarianceType(variance_type).value),
         }
-        table = {k: config[k] for k in ("num_train_timesteps", "schedule", "beta_start", "beta_end")}
         if sampler == Sampler.DDPM:
             scheduler = DDPMScheduler64(
-                variance_type=config["variance_type"], prediction_type="sample", clip_sample=False, **table
+                variance_type=variance_type.value, prediction_type="sample", clip_sample=False, **schedule_config
             )
         else:
-            scheduler = DDIMScheduler64(prediction_type="sample", clip_sample=False, **table)
+            scheduler = DDIMScheduler64(prediction_type="sample", clip_sample=False, **schedule_config)
+        scheduler.schedule_config = {**schedule_config, "variance_type": variance_type.value}
     scheduler.set_timesteps(steps)
-    scheduler.schedule_config = config
     return scheduler
+
+
+def _rflow_scheduler(num_train_timesteps: int, timestep_sampling: str, loc: float, scale: float) -> RFlowScheduler:
+    """MONAI's `RFlowScheduler` on discrete timesteps, with its ``schedule_config``."""
+    method = _member(TimestepSampling, timestep_sampling, "timestep_sampling (MONAI's sample_method)").value
+    scheduler = RFlowScheduler(
+        num_train_timesteps=num_train_timesteps,
+        use_discrete_timesteps=True,
+        sample_method=method,
+        loc=float(loc),
+        scale=float(scale),
+    )
+    scheduler.schedule_config = {
+        "num_train_timesteps": num_train_timesteps,
+        "timestep_sampling": method,
+        "timestep_loc": float(loc),
+        "timestep_scale": float(scale),
+    }
+    return scheduler
+
+
+def training_scheduler(diffusion: str = Diffusion.DDPM, **schedule: Any) -> Scheduler:
+    """The scheduler a model trains with under objective ``diffusion`` (`Diffusion`).
+
+    It noises the training inputs (``add_noise``), draws their timesteps (RFlow) and is recorded
+    (``schedule_config``); it also samples, as the objective's default sampler: DDPM over all T
+    steps (``"ddpm"``), RFlow in 30 steps (``"rflow"``, ``"rflow_x0"``).
+
+    Args:
+        diffusion: ``"ddpm"``, ``"rflow"`` or ``"rflow_x0"``.
+        schedule: the training schedule, as `make_scheduler`'s keyword arguments: ``num_train_timesteps``;
+            ``schedule``, ``beta_start``, ``beta_end``, ``variance_type`` (DDPM);
+            ``timestep_sampling``, ``timestep_loc``, ``timestep_scale`` (RFlow).
+    """
+    diffusion = _member(Diffusion, diffusion, "diffusion")
+    return make_scheduler(Sampler.DDPM if diffusion == Diffusion.DDPM else Sampler.RFLOW, None, **schedule)
 
 
 def diffusion_of(scheduler_or_sampler: Scheduler | str) -> str:

@@ -1,84 +1,34 @@
-"""Atomic training checkpoints, resume, and loading weights for inference.
+"""The training checkpointer: atomic checkpoints during training, and exact resume from them.
 
 Written here rather than with MONAI's `CheckpointSaver`, which saves non-atomically
 (``atomic=False``) and cannot resume; a crash mid-write must never destroy the last good state.
+Writing and finding the files, and loading weights for inference: `wdm_bundle.engines.checkpoint_files`;
+the random state saved for an exact resume: `wdm_bundle.engines.random_state`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import random
-import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
-from monai.networks.schedulers import Scheduler
 from torch import nn
 
 from wdm_bundle.diffusion.inferer import unwrap_model
-from wdm_bundle.diffusion.schedulers import Diffusion, check_sampler
-from wdm_bundle.utils import UnreadableCheckpointError, as_bool, atomic_write, remove_stale_temp_files, torch_load
+from wdm_bundle.diffusion.schedulers import Diffusion
+from wdm_bundle.engines.checkpoint_files import load_weights  # noqa: F401  (imported from here by synthesis.py)
+from wdm_bundle.engines.checkpoint_files import CHECKPOINT_NAME, atomic_save, checkpoint_path, list_checkpoints
+from wdm_bundle.engines.random_state import random_state, set_random_state
+from wdm_bundle.engines.record_schema import compare_records
+from wdm_bundle.utils import UnreadableCheckpointError, as_bool, remove_stale_temp_files, torch_load
 
-__all__ = ["atomic_save", "list_checkpoints", "latest_checkpoint", "TrainingCheckpointer", "load_weights",
-           "trained_diffusion", "random_state", "set_random_state"]
+__all__ = ["TrainingCheckpointer"]
 
 logger = logging.getLogger(__name__)
-_CKPT = re.compile(r"^checkpoint_(\d+)\.pt$")
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> str:
-    """`torch.save` to a temporary file in the same folder, then rename over ``path``."""
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-
-    return str(atomic_write(path, write))
-
-
-def random_state(generator: torch.Generator | None = None) -> dict[str, Any]:
-    """This process's random state: torch (CPU, every CUDA device), numpy, ``random`` and ``generator`` (if given).
-
-    Tensors and plain types only, so a checkpoint holding it loads with ``weights_only=True``.
-    """
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                  "cached_gaussian": float(cached)},
-        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
-    }
-    if generator is not None:
-        state["generator"] = generator.get_state()
-    return state
-
-
-def set_random_state(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
-    """Restore a `random_state` (its ``generator`` state into ``generator``, if both are there)."""
-    torch.set_rng_state(state["torch"].cpu())
-    cuda = [s.cpu() for s in state.get("cuda", [])]
-    if cuda and torch.cuda.is_available():
-        if len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)
-        else:
-            logger.warning(f"random state of {len(cuda)} CUDA device(s) saved, {torch.cuda.device_count()} here: "
-                           "the CUDA random state is not restored.")
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["internal"].tolist()), p["gauss_next"]))
-    if generator is not None and "generator" in state:
-        generator.set_state(state["generator"].cpu())
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -102,23 +52,11 @@ def _data_settings(loader: Any) -> dict[str, Any] | None:
     if loader is None or not hasattr(loader, "batch_size"):
         return None
     sampler = getattr(loader, "sampler", None)
-    return {"batch_size": loader.batch_size, "drop_last": bool(getattr(loader, "drop_last", False)),
-            **(sampler.settings() if hasattr(sampler, "settings") else {})}
-
-
-def list_checkpoints(save_dir: str | os.PathLike) -> list[Path]:
-    """Training checkpoints ``checkpoint_<iteration>.pt`` in ``save_dir``, oldest first."""
-    d = Path(save_dir)
-    if not d.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _CKPT.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def latest_checkpoint(save_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint with the highest iteration in ``save_dir``, or None."""
-    found = list_checkpoints(save_dir)
-    return found[-1] if found else None
+    return {
+        "batch_size": loader.batch_size,
+        "drop_last": bool(getattr(loader, "drop_last", False)),
+        **(sampler.settings() if hasattr(sampler, "settings") else {}),
+    }
 
 
 class TrainingCheckpointer:
@@ -214,12 +152,16 @@ class TrainingCheckpointer:
         if self.overwrite or (self.resume and existing):
             return None
         if existing:
-            return (f"'{self.save_dir}' already holds {len(existing)} checkpoint(s) (latest: {existing[-1].name}); "
-                    "pass --resume true to continue that run, or --overwrite true to start over and delete them.")
+            return (
+                f"'{self.save_dir}' already holds {len(existing)} checkpoint(s) (latest: {existing[-1].name}); "
+                "pass --resume true to continue that run, or --overwrite true to start over and delete them."
+            )
         if weights.exists():
-            return (f"'{weights}' already exists (imported or trained weights without training checkpoints) and this "
-                    "run would replace it; choose another --ckpt_dir (or --bundle_root), move the file, or pass "
-                    "--overwrite true to replace it.")
+            return (
+                f"'{weights}' already exists (imported or trained weights without training checkpoints) and this "
+                "run would replace it; choose another --ckpt_dir (or --bundle_root), move the file, or pass "
+                "--overwrite true to replace it."
+            )
         return None
 
     def attach(self, engine: Engine) -> None:
@@ -228,7 +170,9 @@ class TrainingCheckpointer:
         if refusals:
             raise FileExistsError(refusals[0])
         if self.enabled:
-            for p in remove_stale_temp_files(self.save_dir, lambda name: name == "model.pt" or _CKPT.match(name)):
+            for p in remove_stale_temp_files(
+                self.save_dir, lambda name: name == "model.pt" or CHECKPOINT_NAME.match(name)
+            ):
                 logger.warning(f"removed '{p}', left by an interrupted save.")
         existing = list_checkpoints(self.save_dir)
         if self.resume and existing:
@@ -257,14 +201,17 @@ class TrainingCheckpointer:
                 continue
             self.load(path, engine, state=state)
             if unreadable:
-                logger.warning(f"resumed from '{path}', the newest readable checkpoint; unreadable: "
-                               f"{', '.join(unreadable)} (left in place; they are pruned as the run goes on).")
+                logger.warning(
+                    f"resumed from '{path}', the newest readable checkpoint; unreadable: "
+                    f"{', '.join(unreadable)} (left in place; they are pruned as the run goes on)."
+                )
             if self.enabled:
                 self._refresh_weights(state, path)
             return
         raise UnreadableCheckpointError(
             f"no checkpoint in '{self.save_dir}' can be read ({', '.join(unreadable)}: truncated, empty or not "
-            "PyTorch files); restore them from a backup, or pass --resume false --overwrite true to start over.")
+            "PyTorch files); restore them from a backup, or pass --resume false --overwrite true to start over."
+        )
 
     def _refresh_weights(self, state: dict[str, Any], path: Path) -> None:
         weights = self.save_dir / "model.pt"
@@ -276,10 +223,19 @@ class TrainingCheckpointer:
         if iteration is None or current == iteration:
             return
         record = {"record": state["record"]} if "record" in state else {}
-        atomic_save({**{k: state[k] for k in ("model", "ema") if k in state}, "iteration": iteration,
-                     "diffusion": state.get("diffusion", self.diffusion), **record}, weights)
-        logger.warning(f"'{weights}' was at iteration {current}, not the newest checkpoint's ({path.name}, iteration "
-                       f"{iteration}): an interrupted save; rewritten from '{path}'.")
+        atomic_save(
+            {
+                **{k: state[k] for k in ("model", "ema") if k in state},
+                "iteration": iteration,
+                "diffusion": state.get("diffusion", self.diffusion),
+                **record,
+            },
+            weights,
+        )
+        logger.warning(
+            f"'{weights}' was at iteration {current}, not the newest checkpoint's ({path.name}, iteration "
+            f"{iteration}): an interrupted save; rewritten from '{path}'."
+        )
 
     def load(self, path: str | os.PathLike, engine: Engine, state: dict[str, Any] | None = None) -> None:
         """Restore every object (and the trainer's iteration) from checkpoint ``path`` (``state``: its content,
@@ -287,20 +243,23 @@ class TrainingCheckpointer:
         if state is None:
             state = torch_load(path, map_location=self.map_location)
         if not isinstance(state, dict):
-            raise UnreadableCheckpointError(f"checkpoint '{path}' holds a {type(state).__name__}, not a training "
-                                            "checkpoint.")
+            raise UnreadableCheckpointError(
+                f"checkpoint '{path}' holds a {type(state).__name__}, not a training " "checkpoint."
+            )
         trained = state.get("diffusion", Diffusion.DDPM.value)
         if trained != self.diffusion:
-            raise ValueError(f"checkpoint '{path}' was trained with diffusion='{trained}' but this run uses "
-                             f"diffusion='{self.diffusion}'; resume with --diffusion {trained} or start a new run.")
+            raise ValueError(
+                f"checkpoint '{path}' was trained with diffusion='{trained}' but this run uses "
+                f"diffusion='{self.diffusion}'; resume with --diffusion {trained} or start a new run."
+            )
         if self.record is not None and isinstance(state.get("record"), dict):
-            from wdm_bundle.engines.record import compare_records  # why: record -> networks -> checkpoint import cycle
-
             diff = compare_records({k: v for k, v in self.record.items() if v is not None}, state["record"])
             if diff:
-                raise ValueError(f"checkpoint '{path}' was trained with other settings than this run: "
-                                 + "; ".join(diff).replace(" given, ", " now, ")
-                                 + ". Resume with the checkpoint's settings or start a new run.")
+                raise ValueError(
+                    f"checkpoint '{path}' was trained with other settings than this run: "
+                    + "; ".join(diff).replace(" given, ", " now, ")
+                    + ". Resume with the checkpoint's settings or start a new run."
+                )
         objects = self._state_objects(engine)
         missing = [k for k in objects if k not in state]
         if missing:
@@ -329,11 +288,14 @@ class TrainingCheckpointer:
         if hasattr(sampler, "resume_at") and getattr(loader, "batch_size", None) is not None:
             sampler.resume_at(engine.state.iteration, loader.batch_size, loader.drop_last)
         else:
-            problems.append(f"the data loader's sampler ({type(sampler).__name__}) cannot start mid-pass "
-                            "(use wdm_bundle.data.ResumableSampler), so the data order differs")
+            problems.append(
+                f"the data loader's sampler ({type(sampler).__name__}) cannot start mid-pass "
+                "(use wdm_bundle.data.ResumableSampler), so the data order differs"
+            )
         if loader is not None and generator is None:
-            problems.append("the data loader has no generator of its own, so its iterators draw from the global "
-                            "random state")
+            problems.append(
+                "the data loader has no generator of its own, so its iterators draw from the global " "random state"
+            )
         now = _data_settings(loader)
         if data is not None and now is not None and data != now:
             changed = {k: (data.get(k), now.get(k)) for k in data.keys() | now.keys() if data.get(k) != now.get(k)}
@@ -346,8 +308,11 @@ class TrainingCheckpointer:
         else:
             set_random_state(rng[rank], generator)
         if problems:
-            logger.warning(f"resume from '{path}' is not exact, the run will differ from an uninterrupted one: "
-                           + "; ".join(problems) + ".")
+            logger.warning(
+                f"resume from '{path}' is not exact, the run will differ from an uninterrupted one: "
+                + "; ".join(problems)
+                + "."
+            )
 
     def save(self, engine: Engine) -> None:
         iteration = engine.state.iteration
@@ -360,92 +325,20 @@ class TrainingCheckpointer:
             return
         objects = self._state_objects(engine)
         record = {} if self.record is None else {"record": self.record}
-        atomic_save({**{k: v.state_dict() for k, v in objects.items()}, "diffusion": self.diffusion, "rng": rng,
-                     "data": _data_settings(loader), **record},
-                    self.save_dir / f"checkpoint_{iteration:08d}.pt")
+        atomic_save(
+            {
+                **{k: v.state_dict() for k, v in objects.items()},
+                "diffusion": self.diffusion,
+                "rng": rng,
+                "data": _data_settings(loader),
+                **record,
+            },
+            checkpoint_path(self.save_dir, iteration),
+        )
         weights = {k: objects[k].state_dict() for k in ("model", "ema") if k in objects}
-        atomic_save({**weights, "iteration": iteration, "diffusion": self.diffusion, **record},
-                    self.save_dir / "model.pt")
+        atomic_save(
+            {**weights, "iteration": iteration, "diffusion": self.diffusion, **record}, self.save_dir / "model.pt"
+        )
         for old in list_checkpoints(self.save_dir)[: -self.n_saved]:
             old.unlink()
         logger.info(f"saved checkpoint at iteration {iteration} to '{self.save_dir}'.")
-
-
-def _recorded_diffusion(state: object) -> str:
-    trained = state.get("diffusion") if isinstance(state, dict) else None
-    return Diffusion(trained).value if isinstance(trained, str) else Diffusion.DDPM.value
-
-
-def trained_diffusion(path: str | os.PathLike) -> str | None:
-    """The objective (`Diffusion`) recorded in the checkpoint at ``path`` (``"ddpm"`` if it records
-    none), or None if there is no file there (`load_weights` then says so)."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    return _recorded_diffusion(torch_load(path, mmap=True))  # mmap: reads the small record, not the weights
-
-
-def load_weights(
-    network: nn.Module,
-    path: str | os.PathLike,
-    key: str | None = "ema",
-    strict: bool = True,
-    sampler: Scheduler | str | None = None,
-    diffusion: str | None = None,
-) -> nn.Module:
-    """Load weights into ``network`` from a bundle ``model.pt``, a training checkpoint or a bare state_dict.
-
-    Loads with ``weights_only=True``: checkpoints from elsewhere are untrusted.
-
-    Args:
-        key: which weights to take from a bundle checkpoint: ``"ema"`` (default; falls back to
-            ``"model"`` with a warning when the file has no EMA) or ``"model"``; None for a bare
-            state_dict.
-        sampler: the scheduler (or sampler name) the weights will be sampled with; a checkpoint
-            trained with another objective (``diffusion``, see `TrainingCheckpointer`) is refused.
-            Files that record no objective count as ``"ddpm"`` (all earlier and imported ones).
-        diffusion: the objective the sampler expects (``WaveletDiffusionInferer.diffusion``); a
-            checkpoint that records another one is refused (cWDM: all contrast models alike).
-
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        UnreadableCheckpointError: (a ValueError) a truncated, empty or random file, or one that holds
-            Python objects (named, with what is wrong).
-        ValueError: the weights do not fit ``network`` (lists missing and unexpected keys), or
-            were trained for another sampler.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint '{path}' does not exist; train first or pass --ckpt_path.")
-    state = torch_load(path)
-    trained = _recorded_diffusion(state)
-    if sampler is not None:
-        check_sampler(trained, sampler, f"checkpoint '{path}'")
-    if diffusion is not None and Diffusion(diffusion) != trained:
-        raise ValueError(f"checkpoint '{path}' was trained with diffusion='{trained}', but the sampler is set up for "
-                         f"diffusion='{Diffusion(diffusion).value}' (what the network outputs); set diffusion to "
-                         f"'{trained}' or leave it to be read from the checkpoint.")
-    if key is not None and isinstance(state, dict) and key in state and isinstance(state[key], dict):
-        state = state[key]
-    elif key is not None and isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        logger.warning(f"'{path}' has no '{key}' weights; using 'model'.")
-        state = state["model"]
-    target = unwrap_model(network)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"'{path}' holds no state_dict under '{key}' (keys: {sorted(state)[:10] if isinstance(state, dict) else type(state).__name__}).")
-    own = target.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-                  if k in state and state[k].shape != own[k].shape]
-    if mismatched or (strict and (missing or unexpected)):
-        def _fmt(keys: list[str]) -> str:
-            return (", ".join(keys[:20]) + (f", ... ({len(keys)} in all)" if len(keys) > 20 else "")) if keys else "none"
-
-        raise ValueError(
-            f"checkpoint '{path}' does not fit the network: missing keys: {_fmt(missing)}; unexpected keys: "
-            f"{_fmt(unexpected)}; shape mismatches (checkpoint vs network): {_fmt(mismatched)}. Check the network "
-            "settings (channels, num_res_blocks, ...) match those used for training."
-        )
-    target.load_state_dict(state, strict=strict)
-    return network

@@ -1,4 +1,7 @@
-"""`VolumeGenerator`: sample N volumes and write them as NIfTI (+ PNG previews)."""
+"""Unconditional sampling: `generate` (network, n, seed -> volumes) and `VolumeGenerator`, which writes them.
+
+`seeded_sample` is the seeded denoising that `generate` and `wdm_bundle.engines.synthesize` share.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from wdm_bundle.diffusion import WaveletDiffusionInferer, unwrap_model
 from wdm_bundle.utils import as_bool, autocast_dtype
 from wdm_bundle.visualize import save_slices_png
 
-__all__ = ["VolumeGenerator", "centered_affine", "sample_seed"]
+__all__ = ["VolumeGenerator", "centered_affine", "generate", "sample_seed", "seeded_sample", "write_volume"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +38,113 @@ def centered_affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarra
 def sample_seed(seed: int, index: int, stream: int = 0) -> int:
     """Seed of sample ``index`` of a run: independent of batch size, distinct across run seeds and streams."""
     return int(np.random.SeedSequence([int(seed), int(index), int(stream)]).generate_state(1)[0])
+
+
+def network_device(network: nn.Module, device: str | torch.device | None) -> torch.device:
+    """``device``, or (None) that of the network's first parameter (CPU if it has none)."""
+    if device is not None:
+        return torch.device(device)
+    first = next(unwrap_model(network).parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def seeded_sample(
+    network: nn.Module,
+    inferer: WaveletDiffusionInferer,
+    shape: Sequence[int],
+    noise_seeds: Sequence[int],
+    step_seed: int,
+    *,
+    scheduler: Scheduler | None = None,
+    conditioning: torch.Tensor | None = None,
+    device: str | torch.device | None = None,
+    amp: bool = False,
+    amp_dtype: str | torch.dtype | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Sample one batch from seeded noise: images (B, C, D, H, W), B = ``len(noise_seeds)``.
+
+    Args:
+        shape: coefficient shape (8C, d, h, w) of one sample's noise.
+        noise_seeds: one seed per sample: its initial noise, drawn on the CPU (the same on any device).
+        step_seed: seeds the per-step noise of the batch (DDPM's ancestral noise) on ``device``.
+        scheduler: the sampling scheduler; default the inferer's.
+        conditioning: condition channels (B, ..., d, h, w) appended to x_t each step (cWDM).
+        device: where to sample; default the network's.
+        amp, amp_dtype: run the network under autocast (`wdm_bundle.utils.autocast_dtype`).
+        progress: show the denoising progress bar.
+    """
+    device = network_device(network, device)
+    noise = torch.stack(
+        [torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(s))) for s in noise_seeds]
+    ).to(device)
+    generator = torch.Generator(device).manual_seed(int(step_seed))
+    with torch.autocast(device.type, dtype=autocast_dtype(amp_dtype, device), enabled=as_bool(amp, "amp")):
+        return inferer.sample(
+            noise,
+            network,
+            scheduler=scheduler or inferer.scheduler,
+            conditioning=conditioning,
+            generator=generator,
+            verbose=progress,
+        )
+
+
+def generate(
+    network: nn.Module,
+    inferer: WaveletDiffusionInferer,
+    num_samples: int,
+    seed: int,
+    image_shape: Sequence[int],
+    *,
+    first_index: int = 0,
+    scheduler: Scheduler | None = None,
+    device: str | torch.device | None = None,
+    amp: bool = False,
+    amp_dtype: str | torch.dtype | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Samples ``first_index ... first_index + num_samples - 1`` of the run with ``seed``, as one batch.
+
+    The initial noise of sample i depends only on (``seed``, i), so with DDIM or RFlow sample i is
+    the same whatever batch it is drawn in; DDPM's per-step noise is drawn per batch, seeded by
+    (``seed``, ``first_index``). `VolumeGenerator` writes exactly these batches.
+
+    Args:
+        network: the wavelet diffusion network, in eval mode on ``device`` (wrapped or compiled is fine).
+        inferer: `WaveletDiffusionInferer` (data range, objective; its scheduler unless ``scheduler``).
+        num_samples: the batch size B; seed: the run's seed; image_shape: (C, D, H, W) of one image.
+        first_index: index of the batch's first sample in the run.
+        scheduler, device, amp, amp_dtype, progress: as `seeded_sample`.
+
+    Returns:
+        (B, C, D, H, W) images in the inferer's ``data_range``, on ``device``.
+    """
+    if int(num_samples) < 1 or int(first_index) < 0:
+        raise ValueError(f"need num_samples >= 1 and first_index >= 0, got {num_samples}, {first_index}.")
+    shape = unwrap_model(network).wavelet.coefficient_shape(tuple(int(s) for s in image_shape))
+    indices = range(int(first_index), int(first_index) + int(num_samples))
+    return seeded_sample(
+        network,
+        inferer,
+        shape,
+        [sample_seed(seed, i) for i in indices],
+        sample_seed(seed, indices[0], stream=1),
+        scheduler=scheduler,
+        device=device,
+        amp=amp,
+        amp_dtype=amp_dtype,
+        progress=progress,
+    )
+
+
+def write_volume(volume: torch.Tensor, path: str | os.PathLike, affine: np.ndarray) -> None:
+    """Write ``volume`` (C, D, H, W) as float32 NIfTI with ``affine``."""
+    writer = NibabelWriter(output_dtype=np.float32)
+    writer.set_data_array(volume.float().cpu(), channel_dim=0, squeeze_end_dims=True)
+    writer.set_metadata({"affine": affine, "original_affine": affine}, resample=False)
+    writer.write(str(path), verbose=False)
 
 
 class VolumeGenerator:
@@ -114,6 +224,7 @@ class VolumeGenerator:
         self.progress = as_bool(progress, "progress")
         self.rank = int(rank)
         self.world_size = int(world_size)
+        self._model: nn.Module | None = None
 
     def output_paths(self) -> list[Path]:
         return [self.output_dir / f"{self.file_prefix}_{i:04d}.nii.gz" for i in range(self.num_samples)]
@@ -122,23 +233,17 @@ class VolumeGenerator:
         """Sample indices of this rank's batches (all batches for a single process)."""
         starts = range(0, self.num_samples, self.batch_size)
         all_batches = [list(range(s, min(s + self.batch_size, self.num_samples))) for s in starts]
-        return all_batches[self.rank :: self.world_size]
+        first, step = self.rank, self.world_size
+        return all_batches[first::step]
 
-    def _noise(self, indices: Sequence[int]) -> torch.Tensor:
-        shape = unwrap_model(self.network).wavelet.coefficient_shape(self.image_shape)
-        return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(sample_seed(self.seed, i)))
-                            for i in indices]).to(self.device)
+    def sampling_network(self) -> nn.Module:
+        """The network on ``device`` in eval mode, compiled if ``compile`` (once: the compiled one is kept)."""
+        if self._model is None:
+            model = self.network.to(self.device).eval()
+            self._model = torch.compile(model, **self.compile_kwargs) if self.compile else model
+        return self._model
 
-    def _write(self, volume: torch.Tensor, path: Path) -> None:
-        writer = NibabelWriter(output_dtype=np.float32)
-        writer.set_data_array(volume.float().cpu(), channel_dim=0, squeeze_end_dims=True)
-        writer.set_metadata({"affine": self.affine, "original_affine": self.affine}, resample=False)
-        writer.write(str(path), verbose=False)
-
-    @torch.no_grad()
-    def run(self) -> list[str]:
-        """Sample and write every volume; returns the written NIfTI paths."""
-        paths = self.output_paths()
+    def _check_outputs(self, paths: Sequence[Path]) -> None:
         pngs = [p.with_name(p.name.replace(".nii.gz", ".png")) for p in paths] if self.save_png else []
         existing = [str(p) for p in [*paths, *pngs] if p.exists()]  # PNG previews are the user's files too
         if existing and not self.overwrite:
@@ -146,26 +251,40 @@ class VolumeGenerator:
                 f"{len(existing)} output file(s) already exist, e.g. '{existing[0]}'; choose another --output_dir "
                 "or pass --overwrite true."
             )
+
+    def run(self) -> list[str]:
+        """Sample and write every volume; returns the written NIfTI paths."""
+        paths = self.output_paths()
+        self._check_outputs(paths)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if self.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()
-        model = self.network.to(self.device).eval()
-        if self.compile:
-            model = torch.compile(model, **self.compile_kwargs)
-        device_type = self.device.type
         written = []
         batches = self.batches()
         for indices in tqdm(batches, desc="batches", disable=not self.progress or len(batches) <= 1):
-            generator = torch.Generator(self.device).manual_seed(sample_seed(self.seed, indices[0], stream=1))
-            with torch.autocast(device_type, dtype=self.amp_dtype, enabled=self.amp):
-                images = self.inferer.sample(self._noise(indices), model, scheduler=self.scheduler,
-                                             generator=generator, verbose=self.progress)
+            images = generate(
+                self.sampling_network(),
+                self.inferer,
+                len(indices),
+                self.seed,
+                self.image_shape,
+                first_index=indices[0],
+                scheduler=self.scheduler,
+                device=self.device,
+                amp=self.amp,
+                amp_dtype=self.amp_dtype,
+                progress=self.progress,
+            )
             for i, image in zip(indices, images):
                 path = paths[i]
-                self._write(image, path)
+                write_volume(image, path, self.affine)
                 if self.save_png:
-                    save_slices_png([image[0]], path.with_name(path.name.replace(".nii.gz", ".png")),
-                                    self.inferer.data_range, titles=[path.name])
+                    save_slices_png(
+                        [image[0]],
+                        path.with_name(path.name.replace(".nii.gz", ".png")),
+                        self.inferer.data_range,
+                        titles=[path.name],
+                    )
                 written.append(str(path))
         share = f" (rank {self.rank} of {self.world_size})" if self.world_size > 1 else ""
         logger.info(f"wrote {len(written)} volume(s) to '{self.output_dir}'{share}.")

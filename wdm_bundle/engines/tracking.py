@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 
 def connect_tracking(handlers: Sequence[Any], params: Mapping[str, Any] | None = None) -> list[Any]:
-    """Return ``handlers`` unchanged, after linking any `MLFlowHandler` in them to the run's extras.
+    """Return ``handlers`` without the disabled ones (None), after linking any `MLFlowHandler` to the run's extras.
 
     ``--tracking mlflow`` appends MONAI's `MLFlowHandler` to ``train#handlers`` with default
     settings that log the loss, ``max_epochs``/``epoch_length`` and the executed config, but no
@@ -24,9 +24,10 @@ def connect_tracking(handlers: Sequence[Any], params: Mapping[str, Any] | None =
     the start of the run) and lets every `PreviewSampler` log its PNGs as run artifacts.
     Without an `MLFlowHandler` (tracking off, or a non-zero distributed rank) nothing changes.
     """
+    handlers = [h for h in handlers if h is not None]  # `_disabled_` named handlers resolve to None
     trackers = [h for h in handlers if isinstance(h, MLFlowHandler)]
     if not trackers:
-        return list(handlers)
+        return handlers
     tracker = trackers[0]
     if params:
         tracker.experiment_param = {**{k: _param(v) for k, v in params.items()}, **(tracker.experiment_param or {})}
@@ -34,7 +35,7 @@ def connect_tracking(handlers: Sequence[Any], params: Mapping[str, Any] | None =
         if isinstance(h, PreviewSampler):
             h.tracker = tracker
     logger.info(f"MLflow tracking: {len(params or {})} params, previews as artifacts.")
-    return list(handlers)
+    return handlers
 
 
 def _param(value: Any) -> Any:

@@ -16,6 +16,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from wdm_bundle.data.io import contrast_files, nifti_stem
+
 __all__ = [
     "RequestError",
     "case_files",
@@ -32,8 +34,6 @@ __all__ = [
     "MAX_NAME_LENGTH",
 ]
 
-_NIFTI = (".nii.gz", ".nii")
-
 #: Names a client may choose (uploaded image ids, ``case``): letters, digits, ``.``, ``_``, ``-``; no path separators,
 #: no leading dot (so never ``..`` or a hidden file).
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -49,10 +49,6 @@ class RequestError(ValueError):
     def __init__(self, message: str, status: int = 422) -> None:
         super().__init__(message)
         self.status = int(status)
-
-
-def _stem(name: str) -> str | None:
-    return next((name[: -len(ext)] for ext in _NIFTI if name.endswith(ext)), None)
 
 
 def case_files(image: str | os.PathLike, contrasts: Sequence[str]) -> tuple[str, dict[str, str]]:
@@ -74,7 +70,7 @@ def case_files(image: str | os.PathLike, contrasts: Sequence[str]) -> tuple[str,
             'with params {"contrasts": [...]}.',
             status=404,
         )
-    stem = _stem(path.name)
+    stem = nifti_stem(path.name)
     # longest suffix first, so that e.g. "t1ce" wins over "ce"
     contrast = next((c for c in sorted(contrasts, key=len, reverse=True) if stem and stem.endswith(f"-{c}")), None)
     if contrast is None:
@@ -84,12 +80,7 @@ def case_files(image: str | os.PathLike, contrasts: Sequence[str]) -> tuple[str,
             "the volumes of the file."
         )
     case = stem[: -len(contrast) - 1]
-    files = {}
-    for c in contrasts:
-        found = [f for f in (path.parent / f"{case}-{c}{ext}" for ext in _NIFTI) if f.is_file()]
-        if found:
-            files[c] = str(found[0])
-    return case, files
+    return case, contrast_files(path.parent, case, contrasts)
 
 
 def split_upload(

@@ -19,8 +19,9 @@ import nibabel as nib
 import numpy as np
 from monai.bundle import ConfigParser
 
+from wdm_bundle.data.io import volume_shape
 from wdm_bundle.diffusion import Sampler, WaveletDiffusionInferer, make_scheduler
-from wdm_bundle.engines import schedule_settings
+from wdm_bundle.engines import generate, schedule_settings, synthesize, write_volume
 from wdm_bundle.engines.synthesis import CaseError, write_like
 from wdm_bundle.label.inputs import (
     MAX_SEED,
@@ -34,6 +35,7 @@ from wdm_bundle.label.inputs import (
     parse_sampler,
     split_upload,
 )
+from wdm_bundle.utils import atomic_write
 
 __all__ = [
     "BundleConfig",
@@ -156,11 +158,11 @@ class SynthesisInputs:
 
 
 class SynthesisService:
-    """Missing-contrast synthesis for one case per request, with the bundle's `ContrastSynthesizer`.
+    """Missing-contrast synthesis of one case per request: `synthesize` with the `ContrastSynthesizer`'s models.
 
     The synthesizer (``synthesizer`` of ``configs/inference_cwdm.json``) is parsed once and keeps its
-    networks loaded; a request may change ``sampler``, ``num_inference_steps`` and ``seed``, which
-    are set on it under a lock (one request samples at a time).
+    networks loaded; a request may choose ``sampler``, ``num_inference_steps`` and ``seed``, which
+    are passed to `synthesize` (one request samples at a time).
 
     Request params:
         ``contrasts``: the upload route: the uploaded file holds these contrasts as volumes
@@ -217,7 +219,7 @@ class SynthesisService:
             case, files = case_files(image, self.contrasts)
             for c, f in files.items():
                 try:
-                    shape = nib.load(f).shape
+                    shape = volume_shape(f)
                 except Exception:  # unreadable: load_inputs names the problem
                     continue
                 check_voxels(shape, self.limits.max_voxels, f"case '{case}': {c}")
@@ -228,14 +230,25 @@ class SynthesisService:
         return SynthesisInputs(case, missing, images, arrays, seed, inferer, sampling)
 
     def run(self, inputs: SynthesisInputs) -> np.ndarray:
-        """Sample the missing contrast: (D, H, W) float32 in the config's data range, on the inputs' grid."""
+        """Sample the missing contrast: (D, H, W) float32 in [0, 1], on the inputs' grid."""
         s = self.synthesizer
-        with self._lock:  # why: one synthesizer (networks loaded once); per-request sampler settings
-            s.inferer, s.scheduler, s.seed = inputs.inferer, inputs.inferer.scheduler, inputs.seed
+        with self._lock:  # why: the networks are loaded once and shared; one request samples at a time
             try:
-                return s.synthesize(inputs.arrays, inputs.missing, inputs.case)
+                network, record = s.network_for(inputs.missing)
             except CaseError as e:  # e.g. no per-contrast model for this target
                 raise RequestError(f"case '{inputs.case}': {e}") from e
+            return synthesize(
+                network,
+                inputs.inferer,
+                inputs.arrays,
+                inputs.missing,
+                record,
+                inputs.seed,
+                inputs.case,
+                device=s.device,
+                amp=s.amp,
+                amp_dtype=s.amp_dtype,
+            )
 
     def write(
         self, inputs: SynthesisInputs, volume: np.ndarray, out_dir: str | os.PathLike
@@ -261,7 +274,7 @@ class SynthesisService:
 
 
 class GenerationService:
-    """Unconditional generation of one volume per request, with the bundle's `VolumeGenerator`.
+    """Unconditional generation of one volume per request: `generate` with the bundle's `VolumeGenerator`'s network.
 
     The generator and its network (``generator`` and ``initialize`` of ``configs/inference.json``,
     weights loaded) are parsed once; a request may change ``seed``, ``sampler`` and
@@ -296,17 +309,12 @@ class GenerationService:
         )
         inferer, sampling = self.sampling.build(params)
         g = self.generator
-        with self._lock:  # why: one generator (network loaded once); per-request sampler settings
-            g.inferer, g.scheduler, g.seed = inferer, inferer.scheduler, seed
-            g.output_dir = Path(tempfile.mkdtemp(dir=out_dir))
-            try:
-                written = Path(g.run()[0])
-                path = _claim(out_dir, f"wdm_seed{seed}")
-                os.replace(written, path)
-            finally:
-                for f in g.output_dir.iterdir():
-                    f.unlink()
-                g.output_dir.rmdir()
+        with self._lock:  # why: one network, loaded once; one request samples at a time
+            image = generate(
+                g.sampling_network(), inferer, 1, seed, g.image_shape, device=g.device, amp=g.amp, amp_dtype=g.amp_dtype
+            )[0]
+        path = _claim(out_dir, f"wdm_seed{seed}")
+        atomic_write(path, lambda tmp: write_volume(image, tmp, g.affine))
         return path, {"seed": seed, "shape": list(g.image_shape[1:]), **sampling}
 
 

@@ -1,29 +1,35 @@
-"""Metrics: paired image metrics (MSE/PSNR/SSIM), synthesis baselines and report, generation metrics (FID, MS-SSIM)."""
+"""Metrics: paired image metrics (MSE/PSNR/SSIM), synthesis baselines, generation metrics (FID, MS-SSIM).
 
-from wdm_bundle.metrics.baselines import (
-    best_correlated_baseline,
-    histogram_match,
-    mean_target_baseline,
-    pearson,
-    quantile_function,
-    training_histogram_baseline,
+The evaluation runners that use them (reading folders, writing reports) are in `wdm_bundle.reports`.
+"""
+
+from wdm_bundle.metrics import baselines
+from wdm_bundle.metrics.baselines import *  # noqa: F401,F403 - the names of baselines.__all__, listed once there
+from wdm_bundle.metrics.diversity import (
+    MS_SSIM_WEIGHTS,
+    ms_ssim,
+    ms_ssim_diversity,
+    ms_ssim_min_size,
+    truncated_ms_ssim_weights,
 )
-from wdm_bundle.metrics.paired import METRIC_KEYS, normalize_percentiles, paired_metrics
-from wdm_bundle.metrics.synthesis_report import METHODS, compare_synthesis
 from wdm_bundle.metrics.fid import FeatureStatistics, frechet_distance
 from wdm_bundle.metrics.med3d import MED3D_FEATURE_DIM, Med3DResNet50, load_med3d_weights, med3d_normalize
-from wdm_bundle.metrics.diversity import (
-    MS_SSIM_WEIGHTS, ms_ssim, ms_ssim_diversity, ms_ssim_min_size, truncated_ms_ssim_weights,
-)
-from wdm_bundle.metrics.generation_report import FID_NEEDS_WEIGHTS, GenerationEvaluator, feature_statistics
+from wdm_bundle.metrics.paired import METRIC_KEYS, normalize_percentiles, paired_metrics
 
 __all__ = [
-    "best_correlated_baseline", "histogram_match", "mean_target_baseline", "pearson", "quantile_function",
-    "training_histogram_baseline",
-    "METRIC_KEYS", "normalize_percentiles", "paired_metrics",
-    "METHODS", "compare_synthesis",
-    "FeatureStatistics", "frechet_distance",
-    "MED3D_FEATURE_DIM", "Med3DResNet50", "load_med3d_weights", "med3d_normalize",
-    "MS_SSIM_WEIGHTS", "ms_ssim", "ms_ssim_diversity", "ms_ssim_min_size", "truncated_ms_ssim_weights",
-    "FID_NEEDS_WEIGHTS", "GenerationEvaluator", "feature_statistics",
+    *baselines.__all__,
+    "METRIC_KEYS",
+    "normalize_percentiles",
+    "paired_metrics",
+    "FeatureStatistics",
+    "frechet_distance",
+    "MED3D_FEATURE_DIM",
+    "Med3DResNet50",
+    "load_med3d_weights",
+    "med3d_normalize",
+    "MS_SSIM_WEIGHTS",
+    "ms_ssim",
+    "ms_ssim_diversity",
+    "ms_ssim_min_size",
+    "truncated_ms_ssim_weights",
 ]

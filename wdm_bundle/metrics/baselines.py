@@ -1,4 +1,4 @@
-"""Simple baselines for missing-contrast synthesis: histogram matching (oracle and training-only) and the mean training image."""
+"""Baselines for missing-contrast synthesis: histogram matching (oracle, training-only) and the mean training image."""
 
 from __future__ import annotations
 
@@ -83,7 +83,9 @@ def quantile_function(volume: np.ndarray, mask: np.ndarray | None = None, num_qu
     return np.quantile(volume[m], np.linspace(0.0, 1.0, int(num_quantiles)))
 
 
-def training_histogram_baseline(source: np.ndarray, reference_quantiles: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+def training_histogram_baseline(
+    source: np.ndarray, reference_quantiles: np.ndarray, mask: np.ndarray | None
+) -> np.ndarray:
     """Map ``source`` onto a reference distribution given by its quantile function (no ground truth used).
 
     The deployable counterpart of :func:`best_correlated_baseline`: the source contrast is chosen
@@ -100,7 +102,9 @@ def training_histogram_baseline(source: np.ndarray, reference_quantiles: np.ndar
     """
     ref = np.asarray(reference_quantiles, np.float64)
     if ref.ndim != 1 or ref.size < 2 or np.any(np.diff(ref) < 0):
-        raise ValueError(f"'reference_quantiles' must be a non-decreasing 1D array of >= 2 values; got shape {ref.shape}.")
+        raise ValueError(
+            f"'reference_quantiles' must be a non-decreasing 1D array of >= 2 values; got shape {ref.shape}."
+        )
     source = np.asarray(source, np.float64)
     m = _mask_or_all(mask, source.shape, "mask")
     values, inverse, counts = np.unique(source[m], return_inverse=True, return_counts=True)

@@ -13,14 +13,20 @@ import itertools
 import os
 from collections.abc import Callable, Sequence
 
-import nibabel as nib
 import numpy as np
 import torch
 from monai.metrics import MultiScaleSSIMMetric
 
+from wdm_bundle.data.io import load_volume
+
 __all__ = [
-    "MS_SSIM_WEIGHTS", "load_volume", "ms_ssim", "ms_ssim_diversity", "ms_ssim_min_size", "rescale_to_unit",
-    "sample_pairs", "truncated_ms_ssim_weights",
+    "MS_SSIM_WEIGHTS",
+    "ms_ssim",
+    "ms_ssim_diversity",
+    "ms_ssim_min_size",
+    "rescale_to_unit",
+    "sample_pairs",
+    "truncated_ms_ssim_weights",
 ]
 
 MS_SSIM_WEIGHTS: tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, MONAI default
@@ -40,23 +46,18 @@ def truncated_ms_ssim_weights(num_scales: int) -> tuple[float, ...]:
     return tuple(float(x) for x in w / w.sum())
 
 
-def load_volume(path: str | os.PathLike) -> np.ndarray:
-    """(D, H, W) float32 voxels of a NIfTI file (a singleton 4th dim dropped)."""
-    arr = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
-    return arr[..., 0] if arr.ndim == 4 and arr.shape[3] == 1 else arr
-
-
-def rescale_to_unit(volume: np.ndarray | torch.Tensor, value_range: Sequence[float]) -> torch.Tensor:
-    """Map ``value_range`` = (lo, hi) linearly to [0, 1] and clip; returns a float32 tensor."""
-    lo, hi = (float(v) for v in value_range)
+def rescale_to_unit(volume: np.ndarray | torch.Tensor, data_range: Sequence[float]) -> torch.Tensor:
+    """Map ``data_range`` = (lo, hi) linearly to [0, 1] and clip; returns a float32 tensor."""
+    lo, hi = (float(v) for v in data_range)
     if not hi > lo:
-        raise ValueError(f"'value_range' must be (lo, hi) with hi > lo; got {tuple(value_range)!r}.")
+        raise ValueError(f"'data_range' must be (lo, hi) with hi > lo; got {tuple(data_range)!r}.")
     v = torch.as_tensor(np.asarray(volume) if not isinstance(volume, torch.Tensor) else volume).float()
     return ((v - lo) / (hi - lo)).clamp_(0.0, 1.0)
 
 
-def ms_ssim(x: torch.Tensor, y: torch.Tensor, *, kernel_size: int = 7,
-            weights: Sequence[float] = MS_SSIM_WEIGHTS) -> float:
+def ms_ssim(
+    x: torch.Tensor, y: torch.Tensor, *, kernel_size: int = 7, weights: Sequence[float] = MS_SSIM_WEIGHTS
+) -> float:
     """MS-SSIM of two (D, H, W) volumes in [0, 1] (MONAI ``MultiScaleSSIMMetric``, data range 1).
 
     Raises:
@@ -90,7 +91,7 @@ def sample_pairs(n: int, max_pairs: int | None = None, seed: int = 0) -> list[tu
 
 def ms_ssim_diversity(
     volumes: Sequence[str | os.PathLike | np.ndarray | torch.Tensor],
-    value_range: Sequence[float] = (-1.0, 1.0),
+    data_range: Sequence[float] = (-1.0, 1.0),
     *,
     max_pairs: int | None = None,
     seed: int = 0,
@@ -102,7 +103,7 @@ def ms_ssim_diversity(
     """Mean MS-SSIM over pairs of ``volumes`` (all pairs, or ``max_pairs`` seeded random ones).
 
     Volumes given as paths are loaded one pair at a time (at most two in memory), each rescaled from
-    ``value_range`` to [0, 1]. Lower = more diverse; compare with the real set's value.
+    ``data_range`` to [0, 1]. Lower = more diverse; compare with the real set's value.
 
     Returns:
         ``{"value", "std", "num_pairs", "num_volumes"}``.
@@ -111,7 +112,7 @@ def ms_ssim_diversity(
 
     def get(i: int) -> torch.Tensor:
         v = volumes[i]
-        return rescale_to_unit(loader(v) if isinstance(v, (str, os.PathLike)) else v, value_range)
+        return rescale_to_unit(loader(v) if isinstance(v, (str, os.PathLike)) else v, data_range)
 
     it = pairs
     if progress:
@@ -120,5 +121,9 @@ def ms_ssim_diversity(
         tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
         it = tqdm(pairs, desc="MS-SSIM pairs") if has_tqdm else pairs
     values = np.array([ms_ssim(get(i), get(j), kernel_size=kernel_size, weights=weights) for i, j in it])
-    return {"value": float(values.mean()), "std": float(values.std()), "num_pairs": len(pairs),
-            "num_volumes": len(volumes)}
+    return {
+        "value": float(values.mean()),
+        "std": float(values.std()),
+        "num_pairs": len(pairs),
+        "num_volumes": len(volumes),
+    }

@@ -35,13 +35,15 @@ class Med3DBottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
-                 downsample: nn.Module | None = None) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1, downsample: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv3d(inplanes, planes, kernel_size=1, bias=False)
         self.bn1 = nn.BatchNorm3d(planes)
-        self.conv2 = nn.Conv3d(planes, planes, kernel_size=3, stride=stride, dilation=dilation, padding=dilation,
-                               bias=False)
+        self.conv2 = nn.Conv3d(
+            planes, planes, kernel_size=3, stride=stride, dilation=dilation, padding=dilation, bias=False
+        )
         self.bn2 = nn.BatchNorm3d(planes)
         self.conv3 = nn.Conv3d(planes, planes * self.expansion, kernel_size=1, bias=False)
         self.bn3 = nn.BatchNorm3d(planes * self.expansion)
@@ -88,8 +90,9 @@ class Med3DResNet50(nn.Module):
         out = planes * Med3DBottleneck.expansion
         downsample = None
         if stride != 1 or self.inplanes != out:  # shortcut type "B"
-            downsample = nn.Sequential(nn.Conv3d(self.inplanes, out, kernel_size=1, stride=stride, bias=False),
-                                       nn.BatchNorm3d(out))
+            downsample = nn.Sequential(
+                nn.Conv3d(self.inplanes, out, kernel_size=1, stride=stride, bias=False), nn.BatchNorm3d(out)
+            )
         mods = [Med3DBottleneck(self.inplanes, planes, stride, dilation, downsample)]
         self.inplanes = out
         mods += [Med3DBottleneck(out, planes, dilation=dilation) for _ in range(1, blocks)]
@@ -143,29 +146,36 @@ def load_med3d_weights(model: Med3DResNet50, path: str | os.PathLike) -> Med3DRe
         raise ValueError(f"'{path}' holds a {type(state).__name__}, not a state dict.")
     clean = {}
     for key, value in state.items():
-        key = key[len("module."):] if key.startswith("module.") else key
+        key = key.removeprefix("module.")
         if not key.startswith("conv_seg."):
             clean[key] = value
     own = model.state_dict()
-    # files saved before PyTorch 0.4.1 lack BatchNorm's `num_batches_tracked` counters (unused in eval): keep the model's
+    # files saved before PyTorch 0.4.1 lack BatchNorm's `num_batches_tracked` counters (unused in eval): keep the
+    # model's
     for key in own:
         if key.endswith("num_batches_tracked") and key not in clean:
             clean[key] = own[key]
     missing = sorted(set(own) - set(clean))
     unexpected = sorted(set(clean) - set(own))
-    shapes = [f"{k}: file {tuple(clean[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in sorted(set(own) & set(clean)) if tuple(clean[k].shape) != tuple(own[k].shape)]
+    shapes = [
+        f"{k}: file {tuple(clean[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(clean))
+        if tuple(clean[k].shape) != tuple(own[k].shape)
+    ]
     if missing or unexpected or shapes:
 
         def head(items: list[str]) -> str:
             return ", ".join(items[:10]) + (f", ... ({len(items)} in all)" if len(items) > 10 else "")
 
-        problems = [f"missing keys: {head(missing)}" if missing else "",
-                    f"unexpected keys: {head(unexpected)}" if unexpected else "",
-                    f"shape mismatches: {head(shapes)}" if shapes else ""]
+        problems = [
+            f"missing keys: {head(missing)}" if missing else "",
+            f"unexpected keys: {head(unexpected)}" if unexpected else "",
+            f"shape mismatches: {head(shapes)}" if shapes else "",
+        ]
         raise ValueError(
             f"'{path}' does not hold MedicalNet ResNet-50 weights (expected Tencent/MedicalNet resnet_50.pth); "
-            + "; ".join(p for p in problems if p) + "."
+            + "; ".join(p for p in problems if p)
+            + "."
         )
     model.load_state_dict(clean, strict=True)
     return model

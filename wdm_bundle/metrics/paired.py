@@ -58,6 +58,51 @@ def _to_batch(x: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(np.ascontiguousarray(x))[None, None]  # (1, 1, D, H, W)
 
 
+def _checked(
+    pred: np.ndarray | torch.Tensor,
+    target: np.ndarray | torch.Tensor,
+    mask: np.ndarray | torch.Tensor | None,
+    data_range: float,
+    win_size: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``pred``, ``target`` as float64 and ``mask`` as bool (all True for None) numpy arrays; ValueError if bad."""
+    p = _as_numpy(pred).astype(np.float64)
+    t = _as_numpy(target).astype(np.float64)
+    if p.shape != t.shape:
+        raise ValueError(f"'pred' and 'target' must have the same shape; got {p.shape} and {t.shape}.")
+    if p.ndim != 3:
+        raise ValueError(f"'pred' and 'target' must be 3D (D, H, W); got shape {p.shape}.")
+    if not data_range > 0:
+        raise ValueError(f"'data_range' must be > 0; got {data_range!r}.")
+    if int(win_size) != win_size or win_size < 1 or win_size % 2 == 0:
+        raise ValueError(f"'win_size' must be an odd int >= 1; got {win_size!r}.")
+    if min(p.shape) < win_size:
+        raise ValueError(
+            f"every dimension of the volumes {p.shape} must be >= the SSIM window 'win_size' ({win_size})."
+        )
+    if mask is None:
+        m = np.ones(p.shape, bool)
+    else:
+        m = _as_numpy(mask).astype(bool)
+        if m.shape != p.shape:
+            raise ValueError(f"'mask' must have the volumes' shape {p.shape}; got {m.shape}.")
+        if not m.any():
+            raise ValueError("'mask' is empty: no voxel to compute the masked metrics on.")
+    return p, t, m
+
+
+def _ssim_map(yp: torch.Tensor, yt: torch.Tensor, data_range: float, win_size: int) -> np.ndarray:
+    """MONAI's 3D SSIM map of two (1, 1, D, H, W) batches with ``SSIMMetric``'s settings ("valid" convolution).
+
+    ``SSIMMetric``'s value is the mean of this map, so the map is computed once and averaged over the
+    whole map and over the mask (one 3D SSIM pass instead of two).
+    """
+    cfg = SSIMMetric(spatial_dims=3, data_range=data_range, win_size=win_size)
+    kw = dict(kernel_size=cfg.kernel_size, kernel_sigma=cfg.kernel_sigma, kernel_type=cfg.kernel_type)
+    ssim_map, _ = compute_ssim_and_cs(yp, yt, spatial_dims=3, data_range=data_range, k1=cfg.k1, k2=cfg.k2, **kw)
+    return ssim_map[0, 0].double().numpy()
+
+
 def paired_metrics(
     pred: np.ndarray | torch.Tensor,
     target: np.ndarray | torch.Tensor,
@@ -93,45 +138,23 @@ def paired_metrics(
         ValueError: shapes differ (both shown), not 3D, a dimension smaller than ``win_size``,
             ``data_range`` <= 0, or an empty mask.
     """
-    p = _as_numpy(pred).astype(np.float64)
-    t = _as_numpy(target).astype(np.float64)
-    if p.shape != t.shape:
-        raise ValueError(f"'pred' and 'target' must have the same shape; got {p.shape} and {t.shape}.")
-    if p.ndim != 3:
-        raise ValueError(f"'pred' and 'target' must be 3D (D, H, W); got shape {p.shape}.")
-    if not data_range > 0:
-        raise ValueError(f"'data_range' must be > 0; got {data_range!r}.")
-    if int(win_size) != win_size or win_size < 1 or win_size % 2 == 0:
-        raise ValueError(f"'win_size' must be an odd int >= 1; got {win_size!r}.")
-    if min(p.shape) < win_size:
-        raise ValueError(
-            f"every dimension of the volumes {p.shape} must be >= the SSIM window 'win_size' ({win_size})."
-        )
-    if mask is None:
-        m = np.ones(p.shape, bool)
-    else:
-        m = _as_numpy(mask).astype(bool)
-        if m.shape != p.shape:
-            raise ValueError(f"'mask' must have the volumes' shape {p.shape}; got {m.shape}.")
-        if not m.any():
-            raise ValueError("'mask' is empty: no voxel to compute the masked metrics on.")
-
+    p, t, m = _checked(pred, target, mask, data_range, win_size)
     yp, yt = _to_batch(p), _to_batch(t)
     mse = float(MSEMetric()(yp, yt).item())
     psnr = float(PSNRMetric(max_val=data_range)(yp, yt).item())
-    # SSIMMetric's settings; its value is the mean of this map ("valid" convolution, float32), so the map is
-    # computed once and averaged over the whole map and over the mask (one 3D SSIM pass instead of two)
-    cfg = SSIMMetric(spatial_dims=3, data_range=data_range, win_size=win_size)
-    ssim_map, _ = compute_ssim_and_cs(
-        yp, yt, spatial_dims=3, kernel_size=cfg.kernel_size, kernel_sigma=cfg.kernel_sigma,
-        data_range=data_range, kernel_type=cfg.kernel_type, k1=cfg.k1, k2=cfg.k2,
-    )
-    ssim_map = ssim_map[0, 0].double().numpy()
+    ssim_map = _ssim_map(yp, yt, data_range, win_size)
     ssim = float(ssim_map.mean())
     r = win_size // 2
-    inner = m[r: m.shape[0] - r, r: m.shape[1] - r, r: m.shape[2] - r]
+    inner = m[tuple(slice(r, n - r) for n in m.shape)]
     ssim_mask = float(ssim_map[inner].mean()) if inner.any() else math.nan
 
     mse_mask = float(np.mean((p[m] - t[m]) ** 2))
     psnr_mask = 10.0 * math.log10(data_range**2 / mse_mask) if mse_mask > 0 else math.inf
-    return {"mse": mse, "psnr": psnr, "ssim": ssim, "mse_mask": mse_mask, "psnr_mask": psnr_mask, "ssim_mask": ssim_mask}
+    return {
+        "mse": mse,
+        "psnr": psnr,
+        "ssim": ssim,
+        "mse_mask": mse_mask,
+        "psnr_mask": psnr_mask,
+        "ssim_mask": ssim_mask,
+    }

@@ -28,9 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from wdm_bundle.engines.checkpoint import atomic_save
+from wdm_bundle.engines.checkpoint_files import atomic_save
 from wdm_bundle.networks.reference_unet import SkipMode, WDMUNet
-from wdm_bundle.networks.wavelet_unet import WaveletDiffusionUNet
+from wdm_bundle.networks.wavelet_unet import PAPER_CHANNELS, WaveletDiffusionUNet
 from wdm_bundle.networks.wavunet import WavUNet
 from wdm_bundle.utils import torch_load
 
@@ -55,8 +55,8 @@ logger = logging.getLogger(__name__)
 
 #: Prefix of the backbone's keys in the `WaveletDiffusionUNet` state_dict.
 BACKBONE_PREFIX = "backbone."
-_LEVELS_128 = (64, 128, 128, 256, 256)
-_LEVELS_256 = (64, 128, 128, 256, 256, 256)
+_LEVELS_128 = PAPER_CHANNELS[128]
+_LEVELS_256 = PAPER_CHANNELS[256]
 
 
 @dataclass(frozen=True)
@@ -309,7 +309,7 @@ def import_checkpoint_file(
     ``"reference": {"config", "source", "sha256"}``. A cWDM checkpoint synthesises one contrast:
     ``target_contrast`` (t1n, t1c, t2w or t2f) is required for it. Returns the config name.
     """
-    from wdm_bundle.engines.record import authors_record
+    from wdm_bundle.engines.known_records import authors_record
 
     if config is not None:
         _get_config(config)  # a wrong name fails before a large file is read

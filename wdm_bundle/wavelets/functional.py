@@ -4,21 +4,24 @@ MONAI has no wavelet transform, so this is our own. Each of the 8 sub-band filte
 2x2x2 kernel with entries +-1/(2*sqrt(2)); together they form an orthonormal 8x8 matrix acting
 on the 8 voxels of each non-overlapping 2x2x2 block. The DWT gathers the blocks (one strided
 copy) and multiplies by that matrix; the IDWT multiplies by its transpose and scatters back.
-This PyTorch path runs on any device and dtype and is differentiable. CPU float32/float64
-tensors go through a one-pass C kernel instead (`wdm_bundle.wavelets.native`, same numbers,
-same gradients) when a C compiler is available; ``scripts/benchmark.py`` times both.
+It runs on any device and dtype, is differentiable and compiles with TorchScript.
+
+The matrix is the Kronecker product of three 2x2 Haar steps, one per axis. CPU float32/float64
+tensors that autograd does not record (sampling, preparing batches) take that factored form:
+the gather (DWT) or scatter (IDWT) writes the scaled voxels into the output, and three in-place
+add/subtract steps on its halves finish the transform. The output is then the only fresh memory
+(first-touching fresh memory costs about as much as a copy on CPU), and the steps run at memory
+speed. Both forms give the same numbers up to rounding; ``scripts/benchmark.py`` times them.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import List
 
 import torch
 import torch.nn.functional as F
-
-from wdm_bundle.wavelets import native
-from wdm_bundle.wavelets.constants import SUBBANDS
 
 __all__ = ["haar_filters", "dwt3d", "idwt3d", "pad_to_multiple", "crop_padding"]
 
@@ -30,57 +33,56 @@ def haar_filters(dtype: torch.dtype = torch.float32, device: torch.device | str 
     the first letter being the depth axis. Low-pass is ``(a + b)/sqrt2`` and high-pass
     ``(a - b)/sqrt2`` of each pair of neighbours, as in PyWavelets' ``haar``.
     """
-    lo = torch.tensor([1.0, 1.0], dtype=torch.float64) / math.sqrt(2.0)
-    hi = torch.tensor([1.0, -1.0], dtype=torch.float64) / math.sqrt(2.0)
-    pair = (lo, hi)
-    filters = torch.stack(
-        [torch.einsum("i,j,k->ijk", pair[int(b[0] == "H")], pair[int(b[1] == "H")], pair[int(b[2] == "H")]) for b in SUBBANDS]
-    )
-    return filters.unsqueeze(1).to(dtype=dtype, device=device)
+    return _filters(dtype, torch.device(device) if device is not None else None).unsqueeze(1)
+
+
+def _filters(dtype: torch.dtype, device: torch.device | None) -> torch.Tensor:
+    """(8, 2, 2, 2) analysis filters: `haar_filters` in a form TorchScript compiles."""
+    # rows: low, high pass; made on the CPU in float64 (not on a default device set by the caller), then cast
+    pair = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64, device=torch.device("cpu")) / math.sqrt(2.0)
+    return torch.einsum("ai,bj,ck->abcijk", pair, pair, pair).reshape(8, 2, 2, 2).to(dtype=dtype, device=device)
 
 
 def _matrix(x: torch.Tensor) -> torch.Tensor:
     """(8, 8) analysis matrix: row k = filter of sub-band k, column = voxel ``4*dz + 2*dy + dx`` of a block."""
-    return haar_filters(x.dtype, x.device).reshape(8, 8)
+    return _filters(x.dtype, x.device).reshape(8, 8)
+
+
+def _shape_text(shape: List[int]) -> str:
+    """``(2, 3)`` as Python prints a shape tuple, also under TorchScript."""
+    return "(" + ", ".join([str(s) for s in shape]) + ("," if len(shape) == 1 else "") + ")"
 
 
 def _check_input(x: torch.Tensor, name: str) -> torch.Tensor:
     """The 5D input as a plain tensor: an image's MONAI metadata (affine, ...) does not apply to its coefficients."""
     if x.ndim != 5:
-        raise ValueError(f"{name} expects a 5D tensor (B, C, D, H, W), got shape {tuple(x.shape)}.")
-    return x.as_subclass(torch.Tensor) if type(x) is not torch.Tensor else x
+        raise ValueError(name + " expects a 5D tensor (B, C, D, H, W), got shape " + _shape_text(x.shape) + ".")
+    if not torch.jit.is_scripting():
+        if type(x) is not torch.Tensor:
+            x = x.as_subclass(torch.Tensor)
+    return x
 
 
-class _NativeDWT(torch.autograd.Function):
-    """`dwt3d` through the C kernel; the gradient of an orthonormal transform is its inverse."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        return native.dwt3d_native(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return idwt3d(grad)
+def _factored(x: torch.Tensor) -> bool:
+    """Whether `x` takes the factored form: a CPU float32/float64 tensor that autograd does not record."""
+    if x.device.type != "cpu" or (x.requires_grad and torch.is_grad_enabled()):
+        return False
+    return x.dtype == torch.float32 or x.dtype == torch.float64
 
 
-class _NativeIDWT(torch.autograd.Function):
-    """`idwt3d` through the C kernel."""
-
-    @staticmethod
-    def forward(ctx, coeffs: torch.Tensor) -> torch.Tensor:
-        return native.idwt3d_native(coeffs)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return dwt3d(grad)
+def _haar_steps_(blocks: torch.Tensor, dims: List[int]) -> None:
+    """In place, along each of ``dims`` (size 2): ``(a, b) -> (a + b, a - b)``, the unscaled 2x2 Haar step."""
+    for dim in dims:
+        a, b = blocks.select(dim, 0), blocks.select(dim, 1)
+        a.add_(b)
+        torch.add(a, b, alpha=-2.0, out=b)  # (a + b) - 2b
 
 
-def dwt3d(x: torch.Tensor, use_native: bool = True) -> torch.Tensor:
+def dwt3d(x: torch.Tensor) -> torch.Tensor:
     """One-level orthonormal 3D Haar DWT.
 
     Args:
         x: (B, C, D, H, W) with D, H, W even.
-        use_native: use the C kernel for CPU float32/float64 input when it is available.
 
     Returns:
         (B, 8*C, D/2, H/2, W/2) plain tensor (also for a MONAI ``MetaTensor`` input); channel
@@ -90,33 +92,38 @@ def dwt3d(x: torch.Tensor, use_native: bool = True) -> torch.Tensor:
         ValueError: if x is not 5D or a spatial size is odd (see `pad_to_multiple`).
     """
     x = _check_input(x, "dwt3d")
-    b, c, *spatial = x.shape
-    odd = [s for s in spatial if s % 2]
-    if odd:
+    b, c, depth, height, width = x.shape
+    if depth % 2 or height % 2 or width % 2:
         raise ValueError(
-            f"dwt3d needs even spatial sizes, got {tuple(spatial)}; pad first, e.g. with "
+            "dwt3d needs even spatial sizes, got " + _shape_text([depth, height, width]) + "; pad first, e.g. with "
             "wdm_bundle.wavelets.pad_to_multiple(x, 2)."
         )
-    if use_native and native.supports(x):
-        return _NativeDWT.apply(x)
-    d, h, w = (n // 2 for n in spatial)
-    blocks = x.reshape(b * c, d, 2, h, 2, w, 2).permute(0, 2, 4, 6, 1, 3, 5).reshape(b * c, 8, d * h * w)
-    y = torch.matmul(_matrix(x), blocks)
-    return y.reshape(b, 8 * c, d, h, w)
+    d, h, w = depth // 2, height // 2, width // 2
+    blocks = x.reshape(b * c, d, 2, h, 2, w, 2).permute(0, 2, 4, 6, 1, 3, 5)  # (N, dz, dy, dx, d, h, w)
+    if not _factored(x):
+        return torch.matmul(_matrix(x), blocks.reshape(b * c, 8, d * h * w)).reshape(b, 8 * c, d, h, w)
+    y = x.new_empty([b, 8 * c, d, h, w])
+    bands = y.view(b * c, 2, 2, 2, d, h, w)
+    torch.mul(blocks, 0.125**0.5, out=bands)  # each of the three steps scales by 1/sqrt(2)
+    _haar_steps_(bands, [1, 2, 3])
+    return y
 
 
-def idwt3d(coeffs: torch.Tensor, use_native: bool = True) -> torch.Tensor:
-    """Inverse of `dwt3d`: (B, 8*C, d, h, w) -> (B, C, 2d, 2h, 2w); ``use_native`` as in `dwt3d`."""
+def idwt3d(coeffs: torch.Tensor) -> torch.Tensor:
+    """Inverse of `dwt3d`: (B, 8*C, d, h, w) -> (B, C, 2d, 2h, 2w)."""
     coeffs = _check_input(coeffs, "idwt3d")
-    b, c8, *spatial = coeffs.shape
+    b, c8, d, h, w = coeffs.shape
     if c8 % 8:
-        raise ValueError(f"idwt3d needs a multiple of 8 channels (8 sub-bands per image channel), got {c8}.")
-    if use_native and native.supports(coeffs):
-        return _NativeIDWT.apply(coeffs)
-    d, h, w = spatial
-    blocks = torch.matmul(_matrix(coeffs).T, coeffs.reshape(b * c8 // 8, 8, d * h * w))
-    y = blocks.reshape(b * c8 // 8, 2, 2, 2, d, h, w).permute(0, 4, 1, 5, 2, 6, 3)
-    return y.reshape(b, c8 // 8, 2 * d, 2 * h, 2 * w)
+        raise ValueError("idwt3d needs a multiple of 8 channels (8 sub-bands per image channel), got " + str(c8) + ".")
+    n = c8 // 8 * b
+    if not _factored(coeffs):
+        blocks = torch.matmul(_matrix(coeffs).T, coeffs.reshape(n, 8, d * h * w))
+        return blocks.reshape(n, 2, 2, 2, d, h, w).permute(0, 4, 1, 5, 2, 6, 3).reshape(b, c8 // 8, 2 * d, 2 * h, 2 * w)
+    x = coeffs.new_empty([b, c8 // 8, 2 * d, 2 * h, 2 * w])
+    voxels = x.view(n, d, 2, h, 2, w, 2)  # the matrix is symmetric: the same steps, along dz, dy, dx
+    torch.mul(coeffs.reshape(n, 2, 2, 2, d, h, w).permute(0, 4, 1, 5, 2, 6, 3), 0.125**0.5, out=voxels)
+    _haar_steps_(voxels, [2, 4, 6])
+    return x
 
 
 def pad_to_multiple(

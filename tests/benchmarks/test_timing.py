@@ -1,13 +1,13 @@
-"""Measurement helpers of the benchmark: exact peak memory on CPU, medians, machine facts."""
+"""Measurement helpers of the benchmark (scripts/benchmarking/timing.py): exact peak memory on CPU, medians,
+machine facts."""
 
 import pytest
 import torch
-
-from wdm_bundle import perf
+from benchmarking import timing
 
 
 def test_peak_memory_counts_live_tensors_exactly():
-    assert perf.peak_memory(lambda: torch.ones(1000, 1000)) == 4_000_000
+    assert timing.peak_memory(lambda: torch.ones(1000, 1000)) == 4_000_000
 
     def two_of_three():
         a = torch.ones(1000, 1000)
@@ -15,34 +15,34 @@ def test_peak_memory_counts_live_tensors_exactly():
         del a
         c = torch.ones(1000, 1000)  # noqa: F841
 
-    assert perf.peak_memory(two_of_three) == 8_000_000
+    assert timing.peak_memory(two_of_three) == 8_000_000
 
 
 def test_memory_figures_repeat_and_wavelet_space_is_smaller():
     """Memory numbers repeat: the first calls in a process differ by < 200 kB (one-time allocations), which is
     noise on the benchmark's MB-GB figures."""
-    wdm = [perf.training_step_memory(perf.build_network("tiny"), 16) for _ in range(4)]
+    wdm = [timing.training_step_memory(timing.build_network("tiny"), 16) for _ in range(4)]
     assert max(wdm) - min(wdm) < 200_000, wdm
-    image = perf.training_step_memory(perf.build_network("tiny", "image"), 16)
+    image = timing.training_step_memory(timing.build_network("tiny", "image"), 16)
     assert wdm[-1] < 0.5 * image
-    step = [perf.denoising_step_memory(perf.build_network("tiny"), 16) for _ in range(2)]
+    step = [timing.denoising_step_memory(timing.build_network("tiny"), 16) for _ in range(2)]
     assert step[0] == pytest.approx(step[1], rel=1e-2)
-    assert step[0] > sum(p.numel() * 4 for p in perf.build_network("tiny").parameters())
+    assert step[0] > sum(p.numel() * 4 for p in timing.build_network("tiny").parameters())
 
 
 def test_median_time_and_machine_info():
     calls = []
-    out = perf.median_time(lambda: calls.append(1), repeats=3, warmup=2)
+    out = timing.median_time(lambda: calls.append(1), repeats=3, warmup=2)
     assert len(calls) == 5 and out["repeats"] == 3 and out["min"] <= out["median"] <= out["max"]
     with pytest.raises(ValueError):
-        perf.median_time(lambda: None, repeats=0)
-    info = perf.machine_info("cpu")
+        timing.median_time(lambda: None, repeats=0)
+    info = timing.machine_info("cpu")
     assert info["device"] == "cpu" and info["cpu_cores"] >= 1 and info["torch"] == torch.__version__
     with pytest.raises(ValueError, match="unknown network preset"):
-        perf.build_network("huge")
+        timing.build_network("huge")
 
 
 def test_wavelet_speed_reports_every_variant():
-    out = perf.wavelet_speed(8, repeats=1)
+    out = timing.wavelet_speed(8, repeats=1)
     assert {"copy", "dwt", "idwt", "dwt_idwt", "conv_dwt", "conv_idwt", "pywt_dwt", "pywt_idwt"} <= set(out)
     assert all(v > 0 for v in out.values())

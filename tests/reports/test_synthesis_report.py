@@ -1,4 +1,4 @@
-"""Tests of wdm_bundle.metrics.synthesis_report.compare_synthesis on a small demo pseudo-validation set."""
+"""Tests of wdm_bundle.reports.synthesis.compare_synthesis on a small demo pseudo-validation set."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from wdm_bundle.data.demo import make_demo_dataset
 from wdm_bundle.data.pseudo_validation import make_pseudo_validation
 from wdm_bundle.metrics.paired import METRIC_KEYS
-from wdm_bundle.metrics.synthesis_report import METHODS, compare_synthesis
+from wdm_bundle.reports.synthesis import METHODS, compare_synthesis
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,7 +68,10 @@ def test_perfect_prediction_beats_baselines(pseudo_val, tmp_path):
     assert float(csv_rows[0]["psnr"]) == np.inf
     summary = json.loads((out / "summary.json").read_text())
     assert summary["methods"]["prediction"]["all"]["n"] == 4
-    assert summary["methods"]["mean_target"]["all"]["ssim"]["mean"] < summary["methods"]["prediction"]["all"]["ssim"]["mean"]
+    assert (
+        summary["methods"]["mean_target"]["all"]["ssim"]["mean"]
+        < summary["methods"]["prediction"]["all"]["ssim"]["mean"]
+    )
     assert sum(g["n"] for g in summary["methods"]["prediction"]["by_missing"].values()) == 4
     assert set(summary["missing_contrasts"]) == set(pseudo_val["missing"].values())
     md = (out / "summary.md").read_text()
@@ -83,8 +86,12 @@ def test_missing_prediction_reported(pseudo_val, tmp_path):
     root = pseudo_val["root"]
     skipped = sorted(pseudo_val["missing"])[0]
     _predict_ground_truth(pseudo_val, tmp_path / "pred", skip={skipped})
-    result = compare_synthesis(root / "pv", root / "gt", tmp_path / "pred", pseudo_val["datalist"], output_dir=tmp_path / "rep")
-    assert result["num_cases"] == 3 and {r["case"] for r in result["per_case"]} == set(pseudo_val["missing"]) - {skipped}
+    result = compare_synthesis(
+        root / "pv", root / "gt", tmp_path / "pred", pseudo_val["datalist"], output_dir=tmp_path / "rep"
+    )
+    assert result["num_cases"] == 3 and {r["case"] for r in result["per_case"]} == set(pseudo_val["missing"]) - {
+        skipped
+    }
     (failure,) = result["failures"]
     assert failure["case"] == skipped and "no prediction" in failure["reason"]
     assert failure["missing"] == pseudo_val["missing"][skipped]
@@ -97,8 +104,10 @@ def test_training_shape_mismatch_and_roi(pseudo_val, tmp_path):
     _predict_ground_truth(pseudo_val, tmp_path / "pred")
     entry = {"case": "big"}
     for c in ("t1n", "t1c", "t2w", "t2f"):
-        nib.save(nib.Nifti1Image(np.random.default_rng(0).random((18, 18, 18)).astype(np.float32), np.eye(4)),
-                 tmp_path / f"big-{c}.nii.gz")
+        nib.save(
+            nib.Nifti1Image(np.random.default_rng(0).random((18, 18, 18)).astype(np.float32), np.eye(4)),
+            tmp_path / f"big-{c}.nii.gz",
+        )
         entry[c] = f"big-{c}.nii.gz"
     (tmp_path / "dl.json").write_text(json.dumps({"training": [entry]}))
     with pytest.raises(ValueError, match=r"\(18, 18, 18\).*roi_size"):
@@ -124,12 +133,20 @@ def test_bundle_workflow(pseudo_val, tmp_path, repo_root):
 
     root = pseudo_val["root"]
     _predict_ground_truth(pseudo_val, tmp_path / "pred")
-    wf = ConfigWorkflow(config_file=str(repo_root / "configs" / "evaluate_synthesis.json"), workflow_type="infer",
-                        meta_file=str(repo_root / "configs" / "metadata.json"), run_id="evaluate",
-                        input_dir=str(root / "pv"), gt_dir=str(root / "gt"), pred_dir=str(tmp_path / "pred"),
-                        train_datalist=str(pseudo_val["datalist"]))
+    wf = ConfigWorkflow(
+        config_file=str(repo_root / "configs" / "evaluate_synthesis.json"),
+        workflow_type="infer",
+        meta_file=str(repo_root / "configs" / "metadata.json"),
+        run_id="evaluate",
+        input_dir=str(root / "pv"),
+        gt_dir=str(root / "gt"),
+        pred_dir=str(tmp_path / "pred"),
+        train_datalist=str(pseudo_val["datalist"]),
+    )
     wf.initialize()
     wf.run()
     report = tmp_path / "pred" / "report"
     summary = json.loads((report / "summary.json").read_text())
-    assert summary["num_cases"] == 4 and (report / "per_case.csv").exists() and list((report / "pictures").glob("*.png"))
+    assert (
+        summary["num_cases"] == 4 and (report / "per_case.csv").exists() and list((report / "pictures").glob("*.png"))
+    )

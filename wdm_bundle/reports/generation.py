@@ -1,8 +1,10 @@
-"""Unconditional generation metrics: FID on Med3D features and MS-SSIM diversity, real vs generated volumes."""
+"""Unconditional generation report: FID on Med3D features and MS-SSIM diversity, real vs generated volumes.
+
+Steps: load (the two folders' volumes, checked), score (FID, MS-SSIM diversity), write (``metrics.json``, a PNG).
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -11,13 +13,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wdm_bundle.data.io import list_volumes, load_volume, volume_shape
 from wdm_bundle.metrics.diversity import (
-    MS_SSIM_WEIGHTS, load_volume, ms_ssim_diversity, ms_ssim_min_size, rescale_to_unit, truncated_ms_ssim_weights,
+    MS_SSIM_WEIGHTS,
+    ms_ssim_diversity,
+    ms_ssim_min_size,
+    rescale_to_unit,
+    truncated_ms_ssim_weights,
 )
 from wdm_bundle.metrics.fid import FeatureStatistics
 from wdm_bundle.metrics.med3d import Med3DResNet50, load_med3d_weights, med3d_normalize
+from wdm_bundle.reports.summary import write_json
 
-__all__ = ["FID_NEEDS_WEIGHTS", "GenerationEvaluator", "feature_statistics", "list_volumes"]
+__all__ = ["FID_NEEDS_WEIGHTS", "GenerationEvaluator", "feature_statistics"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,34 +44,11 @@ def _tqdm(it, total: int, desc: str, progress: bool):
     return tqdm(it, total=total, desc=desc) if has_tqdm else it
 
 
-def list_volumes(folder: str | os.PathLike, name: str) -> list[Path]:
-    """Sorted ``*.nii`` / ``*.nii.gz`` files of ``folder``.
-
-    Raises:
-        FileNotFoundError: ``folder`` does not exist.
-        ValueError: no NIfTI file in it.
-    """
-    root = Path(folder)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{name} '{root}' does not exist or is not a folder.")
-    files = sorted(p for p in root.iterdir() if p.is_file() and (p.name.endswith(".nii") or p.name.endswith(".nii.gz")))
-    if not files:
-        raise ValueError(f"{name} '{root}' holds no NIfTI files (*.nii, *.nii.gz).")
-    return files
-
-
-def _shape(path: Path) -> tuple[int, ...]:
-    import nibabel as nib
-
-    shape = tuple(int(s) for s in nib.load(str(path)).shape)
-    return shape[:3] if len(shape) == 4 and shape[3] == 1 else shape
-
-
 @torch.no_grad()
 def feature_statistics(
     volumes: Iterable[str | os.PathLike | np.ndarray | torch.Tensor],
     extractor: Callable[[torch.Tensor], torch.Tensor],
-    value_range: Sequence[float] = (-1.0, 1.0),
+    data_range: Sequence[float] = (-1.0, 1.0),
     *,
     device: str | torch.device = "cpu",
     total: int | None = None,
@@ -72,13 +57,13 @@ def feature_statistics(
 ) -> FeatureStatistics:
     """Stream ``volumes`` (paths or (D, H, W) arrays) one at a time through ``extractor`` into a FeatureStatistics.
 
-    Each volume is rescaled from ``value_range`` to [0, 1], then z-scored over its non-zero voxels
+    Each volume is rescaled from ``data_range`` to [0, 1], then z-scored over its non-zero voxels
     (:func:`med3d_normalize`, MedicalNet's preprocessing) and given to ``extractor`` as (1, 1, D, H, W).
     Only one volume and the running (d, d) statistics are held in memory.
     """
     stats = FeatureStatistics()
     for v in _tqdm(volumes, total, desc, progress):
-        vol = rescale_to_unit(load_volume(v) if isinstance(v, (str, os.PathLike)) else v, value_range)
+        vol = rescale_to_unit(load_volume(v) if isinstance(v, (str, os.PathLike)) else v, data_range)
         x = med3d_normalize(vol)[None, None].to(device)
         stats.update(extractor(x).reshape(1, -1))
         del vol, x
@@ -99,7 +84,7 @@ class GenerationEvaluator:
     Args:
         real_dir, fake_dir: folders of NIfTI volumes, all of one shape.
         output_dir: where ``metrics.json`` and ``real_vs_generated.png`` go.
-        value_range: intensity range of the volumes, mapped to [0, 1] (e.g. (-1, 1) for WDM samples;
+        data_range: intensity range of the volumes, mapped to [0, 1] (e.g. (-1, 1) for WDM samples;
             real volumes must be in the same range).
         med3d_weights: MedicalNet ``resnet_50.pth``; None skips FID.
         device: torch device for Med3D.
@@ -119,7 +104,7 @@ class GenerationEvaluator:
         real_dir: str | os.PathLike,
         fake_dir: str | os.PathLike,
         output_dir: str | os.PathLike,
-        value_range: Sequence[float] = (-1.0, 1.0),
+        data_range: Sequence[float] = (-1.0, 1.0),
         med3d_weights: str | os.PathLike | None = None,
         device: str | torch.device = "cpu",
         max_pairs: int | None = 1000,
@@ -129,10 +114,10 @@ class GenerationEvaluator:
         ms_ssim_kernel_size: int = 7,
         num_preview: int = 3,
     ) -> None:
-        if len(value_range) != 2 or not float(value_range[1]) > float(value_range[0]):
-            raise ValueError(f"'value_range' must be (lo, hi) with hi > lo; got {value_range!r}.")
+        if len(data_range) != 2 or not float(data_range[1]) > float(data_range[0]):
+            raise ValueError(f"'data_range' must be (lo, hi) with hi > lo; got {data_range!r}.")
         self.real_dir, self.fake_dir, self.output_dir = Path(real_dir), Path(fake_dir), Path(output_dir)
-        self.value_range = (float(value_range[0]), float(value_range[1]))
+        self.data_range = (float(data_range[0]), float(data_range[1]))
         self.med3d_weights = str(med3d_weights) if med3d_weights not in (None, "") else None
         self.device = torch.device(device)
         self.max_pairs = None if max_pairs is None else int(max_pairs)
@@ -145,10 +130,12 @@ class GenerationEvaluator:
     def _files(self) -> tuple[list[Path], list[Path]]:
         real = list_volumes(self.real_dir, "real_dir")
         fake = list_volumes(self.fake_dir, "fake_dir")
-        ref_file, ref = real[0], _shape(real[0])
+        ref_file, ref = real[0], volume_shape(real[0])
         for f in real[1:] + fake:
-            if _shape(f) != ref:
-                raise ValueError(f"all volumes must have one shape: {f} has {_shape(f)} but {ref_file} has {ref}.")
+            if volume_shape(f) != ref:
+                raise ValueError(
+                    f"all volumes must have one shape: {f} has {volume_shape(f)} but {ref_file} has {ref}."
+                )
         return real, fake
 
     def _weights(self, shape: tuple[int, ...]) -> tuple[float, ...]:
@@ -159,8 +146,13 @@ class GenerationEvaluator:
         if not fits:
             raise ValueError(f"volumes of shape {shape} are too small for MS-SSIM with kernel {kernel}.")
         if fits[0] < full:
-            logger.warning("volumes of shape %s are too small for %d-scale MS-SSIM (>= %d voxels per axis): "
-                           "using %d scales", shape, full, ms_ssim_min_size(full, kernel), fits[0])
+            logger.warning(
+                "volumes of shape %s are too small for %d-scale MS-SSIM (>= %d voxels per axis): " "using %d scales",
+                shape,
+                full,
+                ms_ssim_min_size(full, kernel),
+                fits[0],
+            )
         return truncated_ms_ssim_weights(fits[0])
 
     def _fid(self, real: list[Path], fake: list[Path]) -> dict:
@@ -168,7 +160,7 @@ class GenerationEvaluator:
         if self.med3d_weights is None:
             return {**entry, "value": None, "skipped": FID_NEEDS_WEIGHTS}
         model = load_med3d_weights(Med3DResNet50(), self.med3d_weights).to(self.device).eval()
-        kw = dict(value_range=self.value_range, device=self.device, progress=self.progress)
+        kw = dict(data_range=self.data_range, device=self.device, progress=self.progress)
         s_real = feature_statistics(real, model, total=len(real), desc="Med3D real", **kw)
         s_fake = feature_statistics(fake, model, total=len(fake), desc="Med3D fake", **kw)
         if s_real.n < 2 or s_fake.n < 2:
@@ -176,37 +168,55 @@ class GenerationEvaluator:
         return {**entry, "value": s_real.frechet_distance(s_fake), "weights": self.med3d_weights}
 
     def _diversity(self, files: list[Path]) -> dict:
-        weights = self._weights(_shape(files[0]))
-        entry: dict = {"direction": "lower is more diverse; compare with the real set",
-                       "kernel_size": self.ms_ssim_kernel_size, "weights": list(weights)}
+        weights = self._weights(volume_shape(files[0]))
+        entry: dict = {
+            "direction": "lower is more diverse; compare with the real set",
+            "kernel_size": self.ms_ssim_kernel_size,
+            "weights": list(weights),
+        }
         if len(files) < 2:
             return {**entry, "value": None, "skipped": "MS-SSIM diversity needs at least 2 volumes."}
-        result = ms_ssim_diversity(files, self.value_range, max_pairs=self.max_pairs, seed=self.seed,
-                                   kernel_size=self.ms_ssim_kernel_size, weights=weights,
-                                   progress=self.progress)
+        result = ms_ssim_diversity(
+            files,
+            self.data_range,
+            max_pairs=self.max_pairs,
+            seed=self.seed,
+            kernel_size=self.ms_ssim_kernel_size,
+            weights=weights,
+            progress=self.progress,
+        )
         return {**entry, **result}
 
     def run(self) -> dict:
         """Compute the metrics, write ``metrics.json`` and the PNG; return the metrics dict."""
-        from wdm_bundle.visualize import save_slices_png
-
         real, fake = self._files()
         metrics = {
             "num_real": len(real),
             "num_fake": len(fake),
-            "value_range": list(self.value_range),
+            "data_range": list(self.data_range),
             "fid": self._fid(real, fake),
             "ms_ssim_fake": self._diversity(fake),
             "ms_ssim_real": self._diversity(real),
         }
         if metrics["fid"]["value"] is None:
             logger.warning("FID skipped: %s", metrics["fid"]["skipped"])
+        metrics["files"] = self._write(metrics, real, fake)
+        return metrics
+
+    def _write(self, metrics: dict, real: list[Path], fake: list[Path]) -> dict[str, str]:
+        """Write the preview PNG and ``metrics.json`` (with the files' paths); return those paths."""
+        from wdm_bundle.visualize import save_slices_png
+
         self.output_dir.mkdir(parents=True, exist_ok=True)
         k = self.num_preview
         shown = [(f"real {p.name.split('.')[0]}", p) for p in real[:k]]
         shown += [(f"gen {p.name.split('.')[0]}", p) for p in fake[:k]]
-        png = save_slices_png([load_volume(p) for _, p in shown], self.output_dir / "real_vs_generated.png",
-                              value_range=self.value_range, titles=[t for t, _ in shown])
-        metrics["files"] = {"metrics": str(self.output_dir / "metrics.json"), "preview": png}
-        (self.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        return metrics
+        png = save_slices_png(
+            [load_volume(p) for _, p in shown],
+            self.output_dir / "real_vs_generated.png",
+            data_range=self.data_range,
+            titles=[t for t, _ in shown],
+        )
+        files = {"metrics": str(self.output_dir / "metrics.json"), "preview": png}
+        write_json(self.output_dir / "metrics.json", {**metrics, "files": files})
+        return files

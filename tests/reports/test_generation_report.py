@@ -10,8 +10,8 @@ import torch
 from monai.bundle import ConfigWorkflow
 
 from wdm_bundle.metrics.diversity import truncated_ms_ssim_weights
-from wdm_bundle.metrics.generation_report import GenerationEvaluator, feature_statistics
 from wdm_bundle.metrics.med3d import Med3DResNet50
+from wdm_bundle.reports.generation import GenerationEvaluator, feature_statistics
 
 
 def _write(folder, n, size, seed, prefix):
@@ -57,8 +57,8 @@ def test_missing_empty_and_mismatched_dirs(tmp_path):
     fake = _write(tmp_path / "fake", 2, 10, 1, "gen")
     with pytest.raises(ValueError, match=r"gen_000.nii.gz has \(10, 10, 10\) but .*real_000.nii.gz has \(8, 8, 8\)"):
         GenerationEvaluator(real, fake, tmp_path / "out").run()
-    with pytest.raises(ValueError, match="value_range"):
-        GenerationEvaluator(real, fake, tmp_path / "out", value_range=(1, -1))
+    with pytest.raises(ValueError, match="data_range"):
+        GenerationEvaluator(real, fake, tmp_path / "out", data_range=(1, -1))
 
 
 def test_fid_with_weights(tmp_path, monkeypatch):
@@ -68,12 +68,21 @@ def test_fid_with_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(Med3DResNet50, "forward", lambda self, x: self.feature_map(x).mean(dim=(2, 3, 4))[:, :64])
     real = _write(tmp_path / "real", 2, 16, 0, "real")
     fake = _write(tmp_path / "fake", 3, 16, 1, "gen")
-    ev = GenerationEvaluator(real, fake, tmp_path / "out", med3d_weights=tmp_path / "w.pth", progress=False,
-                             ms_ssim_weights=truncated_ms_ssim_weights(2), num_preview=1)
+    ev = GenerationEvaluator(
+        real,
+        fake,
+        tmp_path / "out",
+        med3d_weights=tmp_path / "w.pth",
+        progress=False,
+        ms_ssim_weights=truncated_ms_ssim_weights(2),
+        num_preview=1,
+    )
     m = ev.run()
     assert m["fid"]["value"] is not None and m["fid"]["value"] > 0 and m["fid"]["direction"] == "lower is better"
     assert m["num_real"] == 2 and m["num_fake"] == 3 and m["ms_ssim_real"]["num_pairs"] == 1
-    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["fid"]["value"] == pytest.approx(m["fid"]["value"])
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["fid"]["value"] == pytest.approx(
+        m["fid"]["value"]
+    )
 
 
 def test_evaluate_config_end_to_end_without_weights(repo_root, tmp_path):
@@ -84,8 +93,15 @@ def test_evaluate_config_end_to_end_without_weights(repo_root, tmp_path):
         config_file=str(repo_root / "configs" / "evaluate.json"),
         meta_file=str(repo_root / "configs" / "metadata.json"),
         logging_file=str(repo_root / "configs" / "logging.conf"),
-        workflow_type=None, run_id="evaluate", bundle_root=str(tmp_path), real_dir=str(real), fake_dir=str(fake),
-        output_dir=str(out), device="cpu", progress=False, max_pairs=4,
+        workflow_type=None,
+        run_id="evaluate",
+        bundle_root=str(tmp_path),
+        real_dir=str(real),
+        fake_dir=str(fake),
+        output_dir=str(out),
+        device="cpu",
+        progress=False,
+        max_pairs=4,
     )
     wf.initialize()
     wf.run()

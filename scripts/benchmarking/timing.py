@@ -1,4 +1,5 @@
-"""Measuring time and memory for `scripts/benchmark.py`: medians of repeated runs, peak memory, machine facts."""
+"""Measuring time and memory for `scripts/benchmark.py`: medians of repeated runs, peak memory, machine facts,
+and the workloads it times (wavelet transforms, training steps, sampling, denoising steps)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,19 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "peak_memory", "median_time", "machine_info", "sync", "NETWORKS", "build_network", "native_low_precision",
-    "wavelet_speed", "training_step", "sampling_times", "denoising_step_memory", "training_step_memory",
+    "peak_memory",
+    "median_time",
+    "machine_info",
+    "sync",
+    "NETWORKS",
+    "build_network",
+    "native_low_precision",
+    "wavelet_speed",
+    "pywavelets_speed",
+    "training_step",
+    "sampling_times",
+    "denoising_step_memory",
+    "training_step_memory",
 ]
 
 
@@ -69,7 +81,9 @@ def peak_memory(fn: Callable[[], Any], device: str | torch.device = "cpu") -> in
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False) as prof:
         fn()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]" and e.device_type() == DeviceType.CPU]
+    events = [
+        e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]" and e.device_type() == DeviceType.CPU
+    ]
     events.sort(key=lambda e: e.start_ns())
     current = peak = 0
     for e in events:
@@ -184,46 +198,39 @@ def _conv_idwt(y: torch.Tensor) -> torch.Tensor:
 def wavelet_speed(size: int, device: str | torch.device = "cpu", repeats: int = 5) -> dict:
     """Median seconds of a (1, 1, size^3) float32 volume's DWT and IDWT and of their alternatives.
 
-    ``dwt``/``idwt``: what `dwt3d`/`idwt3d` run by default (the C kernel on CPU when it builds,
-    ``native`` says which); ``torch_dwt``/``torch_idwt``: the PyTorch path; ``conv_*``: stride-2
-    conv3d / conv_transpose3d; ``pywt_*``: PyWavelets; ``copy``: ``x.clone()``; ``fill``: writing
-    zeros into a fresh tensor (the cost of fresh memory alone). With the C kernel, also the
-    transforms into existing tensors (``dwt_into``/``idwt_into``) and their floor, ``copy_into``
-    (``buffer.copy_(x)``): no allocation, so no page faults; and ``copy_alloc``, a copy into a fresh
-    tensor allocated like the kernel's outputs (`native.empty`: huge pages from 32 MiB on Linux).
+    ``dwt``/``idwt``: `dwt3d`/`idwt3d`; ``conv_*``: stride-2 conv3d / conv_transpose3d;
+    ``pywt_*``: PyWavelets; ``copy``: ``x.clone()``; ``fill``: writing zeros into a fresh tensor
+    (the cost of fresh memory alone).
     """
-    from wdm_bundle.wavelets import dwt3d, idwt3d, native
+    from wdm_bundle.wavelets import dwt3d, idwt3d
 
     x = torch.randn(1, 1, size, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     y = dwt3d(x)
-    out: dict = {}
     timed = {
         "copy": lambda: x.clone(),
         "fill": lambda: torch.empty_like(x).zero_(),
         "dwt": lambda: dwt3d(x),
         "idwt": lambda: idwt3d(y),
         "dwt_idwt": lambda: idwt3d(dwt3d(x)),
-        "torch_dwt": lambda: dwt3d(x, use_native=False),
-        "torch_idwt": lambda: idwt3d(y, use_native=False),
         "conv_dwt": lambda: _conv_dwt(x),
         "conv_idwt": lambda: _conv_idwt(y),
     }
-    out["native"] = native.supports(x)
-    if out["native"]:
-        x_buf, y_buf = torch.empty_like(x), torch.empty_like(y)
-        timed.update(copy_into=lambda: x_buf.copy_(x), copy_alloc=lambda: native.empty(x.shape, x.dtype).copy_(x),
-                     dwt_into=lambda: native.dwt3d_native(x, out=y_buf),
-                     idwt_into=lambda: native.idwt3d_native(y, out=x_buf))
-    out.update({name: median_time(fn, repeats, 1, device)["median"] for name, fn in timed.items()})
+    out = {name: median_time(fn, repeats, 1, device)["median"] for name, fn in timed.items()}
+    out.update(pywavelets_speed(x[0, 0].cpu().numpy(), repeats))
+    return out
+
+
+def pywavelets_speed(volume, repeats: int = 5) -> dict:
+    """Median seconds of PyWavelets' ``dwtn``/``idwtn`` ("haar") of a 3D numpy array; empty without PyWavelets."""
     try:
         import pywt
     except ImportError:
-        return out
-    arr = x[0, 0].cpu().numpy()
-    coeffs = pywt.dwtn(arr, "haar")
-    out["pywt_dwt"] = median_time(lambda: pywt.dwtn(arr, "haar"), repeats, 1)["median"]
-    out["pywt_idwt"] = median_time(lambda: pywt.idwtn(coeffs, "haar"), repeats, 1)["median"]
-    return out
+        return {}
+    coeffs = pywt.dwtn(volume, "haar")
+    return {
+        "pywt_dwt": median_time(lambda: pywt.dwtn(volume, "haar"), repeats, 1)["median"],
+        "pywt_idwt": median_time(lambda: pywt.idwtn(coeffs, "haar"), repeats, 1)["median"],
+    }
 
 
 def _train_parts(net, device, batch: int, size: int, lr: float = 1e-4):
@@ -252,8 +259,9 @@ def _static_bytes(net, opt) -> int:
     return _nbytes(params) + _nbytes(p.grad for p in params if p.grad is not None) + _nbytes(state)
 
 
-def training_step(net, size: int, device: str | torch.device = "cpu", batch: int = 1, repeats: int = 3,
-                  memory: bool = True) -> dict:
+def training_step(
+    net, size: int, device: str | torch.device = "cpu", batch: int = 1, repeats: int = 3, memory: bool = True
+) -> dict:
     """One training iteration as in ``train.json`` (DWT on device, noise, forward, MSE, backward, Adam step).
 
     Returns median seconds, and (``memory``) peak bytes = weights, gradients and Adam state plus
@@ -267,8 +275,9 @@ def training_step(net, size: int, device: str | torch.device = "cpu", batch: int
     return out
 
 
-def training_step_memory(net, size: int, device: str | torch.device = "cpu", batch: int = 1,
-                         breakdown: bool = False) -> int | dict:
+def training_step_memory(
+    net, size: int, device: str | torch.device = "cpu", batch: int = 1, breakdown: bool = False
+) -> int | dict:
     """Peak bytes of one training iteration, with the Adam state already allocated (as from the second iteration on).
 
     With ``breakdown``: ``{"total": bytes, "static": bytes of weights, gradients and Adam state}``.
@@ -283,8 +292,14 @@ def training_step_memory(net, size: int, device: str | torch.device = "cpu", bat
     return {"total": total, "static": static} if breakdown else total
 
 
-def sampling_times(net, size: int, samplers: list[tuple[str, int | None]], device: str | torch.device = "cpu",
-                   rounds: int = 3, num_train_timesteps: int = 1000) -> list[float]:
+def sampling_times(
+    net,
+    size: int,
+    samplers: list[tuple[str, int | None]],
+    device: str | torch.device = "cpu",
+    rounds: int = 3,
+    num_train_timesteps: int = 1000,
+) -> list[float]:
     """Median seconds to sample one (1, size^3) volume with each ``(sampler, steps)`` (net in eval mode).
 
     The samplers take turns: each of ``rounds`` rounds samples once with every sampler, after one
@@ -294,10 +309,13 @@ def sampling_times(net, size: int, samplers: list[tuple[str, int | None]], devic
     from wdm_bundle.diffusion import WaveletDiffusionInferer, make_scheduler
 
     net = net.to(device).eval()
-    noise = torch.randn(1, *net.wavelet.coefficient_shape((1, size, size, size)),
-                        generator=torch.Generator().manual_seed(0)).to(device)
-    inferers = [WaveletDiffusionInferer(make_scheduler(sampler, steps, num_train_timesteps=num_train_timesteps))
-                for sampler, steps in samplers]
+    noise = torch.randn(
+        1, *net.wavelet.coefficient_shape((1, size, size, size)), generator=torch.Generator().manual_seed(0)
+    ).to(device)
+    inferers = [
+        WaveletDiffusionInferer(make_scheduler(sampler, steps, num_train_timesteps=num_train_timesteps))
+        for sampler, steps in samplers
+    ]
     cheapest = min(inferers, key=lambda inf: len(inf.scheduler.timesteps))
     cheapest.sample(noise, net, verbose=False)
     times: list[list[float]] = [[] for _ in inferers]
@@ -310,8 +328,9 @@ def sampling_times(net, size: int, samplers: list[tuple[str, int | None]], devic
     return [statistics.median(t) for t in times]
 
 
-def denoising_step_memory(net, size: int, device: str | torch.device = "cpu", amp_dtype: torch.dtype | None = None,
-                          batch: int = 1) -> int:
+def denoising_step_memory(
+    net, size: int, device: str | torch.device = "cpu", amp_dtype: torch.dtype | None = None, batch: int = 1
+) -> int:
     """Peak bytes of one sampling step (network forward, image-space x0 clamp, DDIM update) on a (batch, 1, size^3)
     volume: weights plus everything the step allocates, optionally under ``torch.autocast(amp_dtype)``."""
     from wdm_bundle.diffusion import WaveletDiffusionInferer, make_scheduler
@@ -323,7 +342,10 @@ def denoising_step_memory(net, size: int, device: str | torch.device = "cpu", am
     device = torch.device(device)
 
     def step() -> None:
-        with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with (
+            torch.no_grad(),
+            torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None),
+        ):
             inferer.sample(noise, net, verbose=False, decode=False)
 
     return _nbytes(net.parameters()) + peak_memory(step, device)

@@ -1,0 +1,191 @@
+"""The training record's schema: its version, the closed sets and typed ranges of its keys, and comparing records.
+
+A checkpoint's record is validated key by key (`validate_record`) before use; it never reaches a config parser.
+What a record holds and where it comes from: `wdm_bundle.engines.record`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from monai.networks.schedulers.ddpm import DDPMVarianceType
+from monai.utils import StrEnum
+
+from wdm_bundle.data.transforms import Placement
+from wdm_bundle.diffusion.schedulers import Diffusion
+from wdm_bundle.utils import plain
+
+__all__ = ["RECORD_VERSION", "Task", "validate_record", "schedule_settings", "compare_records"]
+
+logger = logging.getLogger(__name__)
+
+RECORD_VERSION = 1
+
+
+class Task(StrEnum):
+    """What a model does: ``generation`` (WDM, unconditional) or ``synthesis`` (cWDM, missing contrast)."""
+
+    GENERATION = "generation"
+    SYNTHESIS = "synthesis"
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_DDPM_KEYS = ("num_train_timesteps", "schedule", "beta_start", "beta_end", "variance_type")
+_RFLOW_KEYS = ("num_train_timesteps", "timestep_sampling", "timestep_loc", "timestep_scale")
+_SCHEDULES = ("linear_beta", "scaled_linear_beta", "sigmoid_beta", "cosine")
+
+
+def _size(value: Any, what: str, allow_none: bool = True) -> list[int] | None:
+    if value is None and allow_none:
+        return None
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 3
+        or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096 for v in value)
+    ):
+        raise ValueError(
+            f"{what} must be 3 integers in [1, 4096]{' or null' if allow_none else ''}, got {value!r:.80}."
+        )
+    return [int(v) for v in value]
+
+
+def _pair(value: Any, what: str, lo: float = -math.inf, hi: float = math.inf) -> list[float]:
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 2
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+        or not lo <= value[0] < value[1] <= hi
+    ):
+        raise ValueError(f"{what} must be 2 increasing finite numbers in [{lo}, {hi}], got {value!r:.80}.")
+    return [float(v) for v in value]
+
+
+def _number(value: Any, what: str, lo: float, hi: float, integer: bool = False) -> float | int:
+    kind = (int,) if integer else (int, float)
+    if not isinstance(value, kind) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ValueError(f"{what} must be a{'n integer' if integer else ' number'} in [{lo}, {hi}], got {value!r:.80}.")
+    return int(value) if integer else float(value)
+
+
+def _spacing(value: Any, what: str) -> list[float] | None:
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or len(value) != 3:
+        raise ValueError(f"{what} must be 3 voxel sizes in mm or null, got {value!r:.80}.")
+    return [_number(v, what, 1e-6, 1e6) for v in value]
+
+
+def _choice(value: Any, what: str, allowed: Sequence[str], allow_none: bool = False) -> str | None:
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{what} must be one of {list(allowed)}{' or null' if allow_none else ''}, got {value!r:.80}.")
+    return str(value)
+
+
+def _name(value: Any, what: str, allow_none: bool = True) -> str | None:
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ValueError(f"{what} must be a name of letters, digits, '_', '.', '-' (at most 64), got {value!r:.80}.")
+    return value
+
+
+def validate_record(record: Any, source: str = "the record") -> dict[str, Any]:
+    """Check every value of a record (types, closed sets, ranges) and return a clean copy.
+
+    Raises:
+        ValueError: naming ``source``, the key and the problem; unknown keys are dropped with a warning.
+    """
+    if not isinstance(record, Mapping):
+        raise ValueError(f"{source}: the training record must be a dict, got {type(record).__name__}.")
+    r = dict(record)
+    try:
+        version = _number(r.get("version", RECORD_VERSION), "version", 1, 10**6, integer=True)
+        if version > RECORD_VERSION:
+            raise ValueError(f"version {version} is newer than this bundle's ({RECORD_VERSION}); update the bundle.")
+        out: dict[str, Any] = {"version": RECORD_VERSION}
+        out["task"] = _choice(r.get("task"), "task", [t.value for t in Task])
+        out["diffusion"] = _choice(r.get("diffusion"), "diffusion", [d.value for d in Diffusion])
+        out["num_train_timesteps"] = _number(r.get("num_train_timesteps"), "num_train_timesteps", 1, 100000, True)
+        if out["diffusion"] == Diffusion.DDPM:
+            out["schedule"] = _choice(r.get("schedule"), "schedule", _SCHEDULES)
+            out["beta_start"] = _number(r.get("beta_start"), "beta_start", 0.0, 1.0)
+            out["beta_end"] = _number(r.get("beta_end"), "beta_end", 0.0, 1.0)
+            out["variance_type"] = _choice(r.get("variance_type"), "variance_type", [v.value for v in DDPMVarianceType])
+        else:
+            out["timestep_sampling"] = _choice(
+                r.get("timestep_sampling"), "timestep_sampling", ["uniform", "logit-normal"]
+            )
+            out["timestep_loc"] = _number(r.get("timestep_loc"), "timestep_loc", -100.0, 100.0)
+            out["timestep_scale"] = _number(r.get("timestep_scale"), "timestep_scale", 0.0, 100.0)
+        out["lll_scale"] = _number(r.get("lll_scale"), "lll_scale", 1e-6, 1e6)
+        out["data_range"] = _pair(r.get("data_range"), "data_range", -1e6, 1e6)
+        out["image_size"] = _size(r.get("image_size"), "image_size")
+        out["spacing"] = _spacing(r.get("spacing"), "spacing")
+        out["roi_size"] = _size(r.get("roi_size"), "roi_size")
+        out["placement"] = _choice(r.get("placement"), "placement", [p.value for p in Placement])
+        out["clip_percentiles"] = _pair(r.get("clip_percentiles"), "clip_percentiles", 0.0, 100.0)
+        out["orientation"] = _choice(r.get("orientation"), "orientation", ["RAS", "LPS"], allow_none=True)
+        out["modality"] = _name(r.get("modality") or None, "modality")
+        contrasts = r.get("contrasts")
+        if contrasts is not None:
+            if not isinstance(contrasts, (list, tuple)) or not 2 <= len(contrasts) <= 16:
+                raise ValueError(f"contrasts must be a list of 2 to 16 names, got {contrasts!r:.80}.")
+            contrasts = [_name(c, "contrasts[]", allow_none=False) for c in contrasts]
+            if len(set(contrasts)) != len(contrasts):
+                raise ValueError(f"contrasts must be distinct, got {contrasts}.")
+        out["contrasts"] = contrasts
+        out["target_contrast"] = _choice(r.get("target_contrast"), "target_contrast", contrasts or [], allow_none=True)
+        if out["task"] == Task.SYNTHESIS and contrasts is None:
+            raise ValueError("a synthesis record must list its contrasts.")
+        network = r.get("network")
+        if not isinstance(network, Mapping):
+            raise ValueError(f"network must be a dict of constructor arguments, got {type(network).__name__}.")
+        out["network"] = plain(network)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{source}: invalid training record: {e}") from None
+    unknown = sorted(set(r) - set(out) - {"version"} - set(_RFLOW_KEYS) - set(_DDPM_KEYS))
+    if unknown:
+        logger.warning(f"{source}: ignoring unknown training-record keys {unknown} (written by a newer bundle?).")
+    return out
+
+
+def schedule_settings(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The `make_scheduler` keyword arguments that rebuild the recorded training schedule."""
+    keys = _DDPM_KEYS if record["diffusion"] == Diffusion.DDPM else _RFLOW_KEYS
+    return {k: record[k] for k in keys}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if (
+        isinstance(a, (int, float))
+        and isinstance(b, (int, float))
+        and not isinstance(a, bool)
+        and not isinstance(b, bool)
+    ):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
+
+
+def compare_records(given: Mapping[str, Any], record: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``key: given vs recorded`` for each non-null value of ``given`` that differs from ``record``."""
+    out = []
+    for key, value in given.items():
+        if value is None or (isinstance(value, Mapping) and not value):
+            continue
+        if key not in record:
+            out.append(f"{prefix}{key}: {value!r} is not a recorded setting")
+        elif isinstance(value, Mapping) and isinstance(record[key], Mapping):
+            out += compare_records(value, record[key], f"{prefix}{key}#")
+        elif not _same(plain(value), record[key]):
+            out.append(f"{prefix}{key}: {plain(value)!r} given, {record[key]!r} recorded")
+    return out
