@@ -55,8 +55,14 @@ def import_checkpoint(
         The configuration name.
     """
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return import_checkpoint_file(src, dst, config=config, iteration=iteration, overwrite=as_bool(overwrite, "overwrite"),
-                                  target_contrast=target_contrast)
+    return import_checkpoint_file(
+        src,
+        dst,
+        config=config,
+        iteration=iteration,
+        overwrite=as_bool(overwrite, "overwrite"),
+        target_contrast=target_contrast,
+    )
 
 
 if __name__ == "__main__":

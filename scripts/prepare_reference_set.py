@@ -5,7 +5,7 @@ Runs from the repository root without installing the package::
     python scripts/prepare_reference_set.py --dataset_dir /data/BraTS2023 --output_dir eval/real --ckpt models/model.pt
 
 The preprocessing is ``train#preprocessing`` of ``configs/train.json`` (load, RAS, percentile clip to [0, 1],
-pad/crop to ``roi_size``, resize to ``image_size``, scale to ``data_range``), with the data settings of the
+pad/crop to ``pad_crop_size``, resize to ``image_size``, scale to ``data_range``), with the data settings of the
 checkpoint's training record (``--ckpt``) or of the config and the command line. One ``<case>.nii.gz`` per case,
 with the grid and spacing of the samples that ``configs/inference.json`` writes.
 """
@@ -31,7 +31,7 @@ from wdm_bundle.engines import centered_affine, load_record  # noqa: E402
 logger = logging.getLogger("prepare_reference_set")
 
 #: Training-record keys that are train.json keys of the preprocessing (orientation is handled apart).
-_DATA_KEYS = ("modality", "roi_size", "placement", "image_size", "clip_percentiles", "data_range")
+_DATA_KEYS = ("modality", "pad_crop_size", "placement", "image_size", "clip_percentiles", "data_range")
 
 
 def _recorded_settings(ckpt: str, given: dict[str, Any]) -> tuple[dict[str, Any], str | None, list[float]]:
@@ -42,7 +42,7 @@ def _recorded_settings(ckpt: str, given: dict[str, Any]) -> tuple[dict[str, Any]
     record = load_record(ckpt, "generation", given)
     if record["assumed"]:
         raise ValueError(f"'{ckpt}' holds no training record; give the data settings on the command line instead.")
-    # None values too: no pad/crop (roi_size), no resize (image_size), every file (modality)
+    # None values too: no pad/crop (pad_crop_size), no resize (image_size), every file (modality)
     return {k: record[k] for k in _DATA_KEYS}, record["orientation"], record["spacing"]
 
 
@@ -72,7 +72,7 @@ def prepare_reference_set(
     split: str = "training",
     ckpt: str | None = None,
     modality: str | None = None,
-    roi_size: Sequence[int] | None = None,
+    pad_crop_size: Sequence[int] | None = None,
     placement: str | None = None,
     image_size: Sequence[int] | None = None,
     clip_percentiles: Sequence[float] | None = None,
@@ -93,7 +93,7 @@ def prepare_reference_set(
         output_dir: folder to write ``<case>.nii.gz`` into; must be empty unless ``overwrite``.
         datalist, split: a datalist JSON and its entry to read instead of listing ``dataset_dir``.
         ckpt: a WDM checkpoint: its training record gives every data setting below (and the orientation).
-        modality, roi_size, placement, image_size, clip_percentiles, data_range: data settings, as the train.json
+        modality, pad_crop_size, placement, image_size, clip_percentiles, data_range: data settings, as the train.json
             keys of the same names (default: train.json's); with ``ckpt`` each one given must equal the record.
         num_volumes: the first N cases only (default: all).
         config_file: training config(s) whose ``train#preprocessing`` is applied (relative to the repository).
@@ -105,7 +105,7 @@ def prepare_reference_set(
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     given = {
         "modality": modality,
-        "roi_size": roi_size,
+        "pad_crop_size": pad_crop_size,
         "placement": placement,
         "image_size": image_size,
         "clip_percentiles": clip_percentiles,

@@ -13,8 +13,17 @@ from typing import Any
 
 import torch
 
-__all__ = ["as_bool", "atomic_write", "autocast_dtype", "plain", "plain_config", "UnreadableCheckpointError",
-           "torch_load", "remove_stale_temp_files", "install_error_report"]
+__all__ = [
+    "as_bool",
+    "atomic_write",
+    "autocast_dtype",
+    "plain",
+    "plain_config",
+    "UnreadableCheckpointError",
+    "torch_load",
+    "remove_stale_temp_files",
+    "install_error_report",
+]
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0", "none", ""}
@@ -99,8 +108,10 @@ def torch_load(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = 
         raise FileNotFoundError(f"checkpoint '{path}' does not exist.")
     size = path.stat().st_size
     if size == 0:
-        raise UnreadableCheckpointError(f"checkpoint '{path}' is empty (0 bytes): an interrupted copy or write? "
-                                        "Copy it again, or resume from an older checkpoint.")
+        raise UnreadableCheckpointError(
+            f"checkpoint '{path}' is empty (0 bytes): an interrupted copy or write? "
+            "Copy it again, or resume from an older checkpoint."
+        )
     try:
         try:
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
@@ -111,14 +122,20 @@ def torch_load(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = 
     except Exception as e:  # pickle.UnpicklingError, RuntimeError (zip reader), EOFError, ...
         text = str(e)
         if "Unsupported global" in text or "GLOBAL " in text:
-            problem = ("holds Python objects other than tensors and plain data, so it is not loaded (a checkpoint "
-                       "from elsewhere could run code); it is not a bundle checkpoint or state_dict")
+            problem = (
+                "holds Python objects other than tensors and plain data, so it is not loaded (a checkpoint "
+                "from elsewhere could run code); it is not a bundle checkpoint or state_dict"
+            )
         else:
             first = next((ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln), "")
-            problem = (f"is truncated, corrupt or not a PyTorch checkpoint ({size} bytes; {type(e).__name__}"
-                       + (f": {first[:120]}" if first and "Weights only load failed" not in first else "") + ")")
-        raise UnreadableCheckpointError(f"checkpoint '{path}' {problem}. Copy it again, or resume from an older "
-                                        "checkpoint.") from None
+            problem = (
+                f"is truncated, corrupt or not a PyTorch checkpoint ({size} bytes; {type(e).__name__}"
+                + (f": {first[:120]}" if first and "Weights only load failed" not in first else "")
+                + ")"
+            )
+        raise UnreadableCheckpointError(
+            f"checkpoint '{path}' {problem}. Copy it again, or resume from an older " "checkpoint."
+        ) from None
 
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
@@ -158,8 +175,10 @@ def _report(exc_type: type, exc: BaseException, tb: Any, stream: Any = None) -> 
         traceback.print_exception(exc_type, exc, tb, file=stream)
         stream.write("\n")
     else:
-        stream.write(f"(raised in {os.path.relpath(where, os.path.dirname(_PACKAGE_DIR))}; set WDM_TRACEBACK=1 for "
-                     "the full traceback)\n")
+        stream.write(
+            f"(raised in {os.path.relpath(where, os.path.dirname(_PACKAGE_DIR))}; set WDM_TRACEBACK=1 for "
+            "the full traceback)\n"
+        )
     message = f"ERROR {type(error).__name__}: {error}"
     stream.write(message + "\n")
     stream.flush()
@@ -198,8 +217,13 @@ if _run_by_monai_bundle():  # `python -m monai.bundle run ...` (also under torch
     install_error_report()
 
 
-_AMP_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
-               "half": torch.float16}
+_AMP_DTYPES = {
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
 
 
 def autocast_dtype(name: str | torch.dtype | None, device: str | torch.device) -> torch.dtype:

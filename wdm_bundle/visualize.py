@@ -54,8 +54,9 @@ def save_slices_png(
             if i == 0:
                 axes[i, j].set_title(name, fontsize=9)
         if titles:
-            axes[i, 0].text(-0.05, 0.5, titles[i], transform=axes[i, 0].transAxes, rotation=90,
-                            va="center", ha="right", fontsize=8)
+            axes[i, 0].text(
+                -0.05, 0.5, titles[i], transform=axes[i, 0].transAxes, rotation=90, va="center", ha="right", fontsize=8
+            )
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=100)

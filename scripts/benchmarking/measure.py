@@ -78,8 +78,8 @@ QUICK = {
 }
 
 
-def _label(sampler: str, steps: int | None, T: int) -> str:
-    return f"{sampler.upper() if sampler != 'rflow' else 'RFlow'}-{steps or T}"
+def _label(sampler: str, steps: int | None, num_t: int) -> str:
+    return f"{sampler.upper() if sampler != 'rflow' else 'RFlow'}-{steps or num_t}"
 
 
 def _memory_net(size: int, quick: bool) -> str:
@@ -112,18 +112,18 @@ def run_training(cfg: dict, device: str) -> list[dict]:
 
 
 def run_sampling(cfg: dict, device: str) -> list[dict]:
-    T, size = cfg["num_train_timesteps"], cfg["sampling_size"]
+    num_t, size = cfg["num_train_timesteps"], cfg["sampling_size"]
     chosen: dict[str, tuple[str, int | None]] = {}
     for sampler, steps in SAMPLERS:
-        steps = None if steps is None else min(steps, T)
-        chosen.setdefault(_label(sampler, steps, T), (sampler, steps))  # e.g. no DDIM-100 when T = 50 (quick)
+        steps = None if steps is None else min(steps, num_t)
+        chosen.setdefault(_label(sampler, steps, num_t), (sampler, steps))  # e.g. no DDIM-100 when T = 50 (quick)
     logger.info(f"sampling time at {size}^3, {', '.join(chosen)} taking turns")
     net = timing.build_network(cfg["sampling_net"])
     seconds = timing.sampling_times(
-        net, size, list(chosen.values()), device, rounds=min(3, cfg["repeats"]), num_train_timesteps=T
+        net, size, list(chosen.values()), device, rounds=min(3, cfg["repeats"]), num_train_timesteps=num_t
     )
     return [
-        {"sampler": label, "steps": steps or T, "size": size, "net": cfg["sampling_net"], "time": t}
+        {"sampler": label, "steps": steps or num_t, "size": size, "net": cfg["sampling_net"], "time": t}
         for (label, (_, steps)), t in zip(chosen.items(), seconds)
     ]
 
@@ -269,9 +269,9 @@ def _sample_and_score(
     them against ``real_dir``."""
     from wdm_bundle.reports import GenerationEvaluator
 
-    (sampler, steps, model), T, n = run, cfg["num_train_timesteps"], cfg["quality_samples"]
-    steps = None if steps is None else min(steps, T)
-    label = _label(sampler, steps, T)
+    (sampler, steps, model), num_t, n = run, cfg["num_train_timesteps"], cfg["quality_samples"]
+    steps = None if steps is None else min(steps, num_t)
+    label = _label(sampler, steps, num_t)
     name = quality_name({"sampler": label, "model": model})
     out = work_dir / "samples" / name
     shutil.rmtree(out, ignore_errors=True)

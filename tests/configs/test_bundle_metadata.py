@@ -20,6 +20,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 import wdm_bundle
+from wdm_bundle.data import CONTRASTS
 from wdm_bundle.networks import WaveletDiffusionUNet
 
 SCHEMA = "schema/meta_schema_20240725.json"
@@ -235,8 +236,8 @@ def test_network_data_formats_match_the_configs(repo_root, metadata, name):
     if name == "network_data_format":
         image_size = _parser(repo_root, ["inference.json"]).get_parsed_content("record")["image_size"]
     else:
-        image_size = _parser(repo_root, ["inference_cwdm.json"]).get_parsed_content("record")["roi_size"]
-        assert _parser(repo_root, configs).get("roi_size") == image_size
+        image_size = _parser(repo_root, ["inference_cwdm.json"]).get_parsed_content("record")["pad_crop_size"]
+        assert _parser(repo_root, configs).get("pad_crop_size") == image_size
     assert [2 * s for s in image["spatial_shape"]] == list(image_size)
     net.check_image_size(image_size)
 
@@ -313,11 +314,12 @@ def test_large_files_list_every_weight_file_the_configs_load(repo_root):
     entries = _large_files(repo_root)
     wdm = _parser(repo_root, ["inference.json"])
     cwdm = _parser(repo_root, ["inference_cwdm.json"])
-    loaded = [
-        wdm.get_parsed_content("ckpt_path"),
-        cwdm.get_parsed_content("ckpt_path"),
-        *cwdm.get_parsed_content("ckpt_paths").values(),
+    per_contrast = [  # what training with --target_contrast <c> writes, for --ckpt_paths
+        _parser(repo_root, ["train.json", "train_cwdm.json"], target_contrast=c).get_parsed_content("ckpt_dir")
+        + "/model.pt"
+        for c in CONTRASTS
     ]
+    loaded = [wdm.get_parsed_content("ckpt_path"), cwdm.get_parsed_content("ckpt_path"), *per_contrast]
     assert sorted(e["path"] for e in entries) == sorted(os.path.normpath(p) for p in loaded)
     assert len(loaded) == 6
     for e in entries:

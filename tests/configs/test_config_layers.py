@@ -22,18 +22,20 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 #: every documented combination, the task of the workflow, and the overrides that keep it small
 TRAIN_SMALL = {"num_iterations": 2, "epoch_length": 2, "cache_rate": 0.0, "num_workers": 0}
-REFERENCE_SMALL = {"roi_size": [32, 32, 32], "image_size": [32, 32, 32], "batch_size": 1}
+REFERENCE_SMALL = {"pad_crop_size": [32, 32, 32], "image_size": [32, 32, 32], "batch_size": 1}
 COMBINATIONS = {
-    ("train.json",): ("train", {"image_size": [32, 32, 32], "roi_size": None}),
+    ("train.json",): ("train", {"image_size": [32, 32, 32], "pad_crop_size": None}),
     ("train.json", "demo.json"): ("train", {}),
-    ("train.json", "multi_gpu_train.json"): ("train", {"image_size": [32, 32, 32], "roi_size": None}),
+    ("train.json", "multi_gpu_train.json"): ("train", {"image_size": [32, 32, 32], "pad_crop_size": None}),
     ("train.json", "demo.json", "multi_gpu_train.json"): ("train", {}),
-    ("train.json", "train_cwdm.json"): ("train", {"roi_size": None}),
+    ("train.json", "train_cwdm.json"): ("train", {"pad_crop_size": None}),
     ("train.json", "train_cwdm.json", "demo.json"): ("train", {}),
-    ("train.json", "train_cwdm.json", "multi_gpu_train.json"): ("train", {"roi_size": None}),
-    ("train.json", "train_cwdm.json", "cwdm_unet_backbone.json"): ("train", {"roi_size": [32, 32, 32],
-                                                                             "target_contrast": "t2f"}),
-    ("train.json", "ddpm_image_space.json"): ("train", {"image_size": [32, 32, 32], "roi_size": None}),
+    ("train.json", "train_cwdm.json", "multi_gpu_train.json"): ("train", {"pad_crop_size": None}),
+    ("train.json", "train_cwdm.json", "cwdm_unet_backbone.json"): (
+        "train",
+        {"pad_crop_size": [32, 32, 32], "target_contrast": "t2f"},
+    ),
+    ("train.json", "ddpm_image_space.json"): ("train", {"image_size": [32, 32, 32], "pad_crop_size": None}),
     ("train.json", "wdm_unet_128.json"): ("train", REFERENCE_SMALL),
     ("train.json", "wdm_unet_256.json"): ("train", {**REFERENCE_SMALL, "image_size": [64, 64, 64]}),
     ("train.json", "wdm_wavunet_128.json"): ("train", {**REFERENCE_SMALL, "image_size": [64, 64, 64]}),
@@ -121,8 +123,13 @@ def no_engine_runs(monkeypatch):
 @pytest.fixture
 def single_process_group(monkeypatch):
     """torchrun's environment for one process, so the multi-GPU layers run in this process (gloo)."""
-    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29531", "RANK": "0", "WORLD_SIZE": "1",
-                       "LOCAL_RANK": "0"}.items():
+    for key, value in {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29531",
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+    }.items():
         monkeypatch.setenv(key, value)
     yield
     if torch.distributed.is_initialized():
@@ -144,17 +151,34 @@ def _overrides(files, task, demo_data, tmp_path):
         return {"bundle_root": str(tmp_path / "bundle"), "dataset_dir": str(demo_data), **TRAIN_SMALL}
     root = tmp_path / "bundle"
     if "inference_cwdm.json" in files:
-        _save_model(ROOT, demo_data, ["train.json", "train_cwdm.json", "demo.json"],
-                    root / "models" / "unified" / "model.pt")
+        _save_model(
+            ROOT, demo_data, ["train.json", "train_cwdm.json", "demo.json"], root / "models" / "unified" / "model.pt"
+        )
         return {"bundle_root": str(root), "dataset_dir": str(demo_data)}
     if "inference.json" in files:
         _save_model(ROOT, demo_data, ["train.json", "demo.json"], root / "models" / "model.pt")
     if "inference_exported.json" in files:  # the documented export command
-        subprocess.run([sys.executable, "scripts/export_checkpoint.py", str(root / "models" / "model.pt"), "--dst",
-                        str(root / "models" / "model.ts")], cwd=ROOT, check=True, capture_output=True)
-    return {"bundle_root": str(root), "real_dir": str(demo_data), "fake_dir": str(demo_data),
-            "input_dir": str(demo_data), "gt_dir": str(demo_data), "pred_dir": str(demo_data),
-            "train_datalist": str(demo_data / "datalist.json")}
+        subprocess.run(
+            [
+                sys.executable,
+                "scripts/export_checkpoint.py",
+                str(root / "models" / "model.pt"),
+                "--dst",
+                str(root / "models" / "model.ts"),
+            ],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+    return {
+        "bundle_root": str(root),
+        "real_dir": str(demo_data),
+        "fake_dir": str(demo_data),
+        "input_dir": str(demo_data),
+        "gt_dir": str(demo_data),
+        "pred_dir": str(demo_data),
+        "train_datalist": str(demo_data / "datalist.json"),
+    }
 
 
 @pytest.mark.parametrize("files", sorted(COMBINATIONS), ids=lambda f: "+".join(n[:-5] for n in f))
@@ -175,11 +199,21 @@ def _handlers(demo_data, tmp_path, configs, rank, insert):
     handler inserted in front of the named ones."""
     parser = ConfigParser()
     parser.read_config([str(ROOT / "configs" / c) for c in configs])
-    parser.update({"rank": rank, "network": "$@network_def.to(@device)", "device": "$torch.device('cpu')",
-                   "dataset_dir": str(demo_data), "bundle_root": str(tmp_path), "num_workers": 0})
+    parser.update(
+        {
+            "rank": rank,
+            "network": "$@network_def.to(@device)",
+            "device": "$torch.device('cpu')",
+            "dataset_dir": str(demo_data),
+            "bundle_root": str(tmp_path),
+            "num_workers": 0,
+        }
+    )
     if insert:
-        parser["train"]["handler"] = {"inserted": {"_target_": "ignite.handlers.TerminateOnNan"},
-                                      **parser["train"]["handler"]}
+        parser["train"]["handler"] = {
+            "inserted": {"_target_": "ignite.handlers.TerminateOnNan"},
+            **parser["train"]["handler"],
+        }
     handlers = parser.get_parsed_content("train#trainer#train_handlers")
     if insert:
         assert type(handlers[0]).__name__ == "TerminateOnNan"
@@ -191,10 +225,22 @@ def _handlers(demo_data, tmp_path, configs, rank, insert):
 def test_inserting_a_handler_changes_no_rank_gating_or_previews(cwdm, demo_data, tmp_path):
     configs = ["train.json", *(["train_cwdm.json"] if cwdm else []), "demo.json", "multi_gpu_train.json"]
     expected = {
-        0: [("IterationBudget", None), ("EMAHandler", None), ("TrainingCheckpointer", True), ("StatsHandler", None),
-            ("TensorBoardStatsHandler", None), ("PreviewSampler", True), ("StopOnNonFiniteLoss", None)],
-        1: [("IterationBudget", None), ("EMAHandler", None), ("TrainingCheckpointer", False),
-            ("PreviewSampler", False), ("StopOnNonFiniteLoss", None)],
+        0: [
+            ("IterationBudget", None),
+            ("EMAHandler", None),
+            ("TrainingCheckpointer", True),
+            ("StatsHandler", None),
+            ("TensorBoardStatsHandler", None),
+            ("PreviewSampler", True),
+            ("StopOnNonFiniteLoss", None),
+        ],
+        1: [
+            ("IterationBudget", None),
+            ("EMAHandler", None),
+            ("TrainingCheckpointer", False),
+            ("PreviewSampler", False),
+            ("StopOnNonFiniteLoss", None),
+        ],
     }
     for rank in (0, 1):
         for insert in (False, True):

@@ -5,10 +5,10 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+from workflow_helpers import run_workflow as _run
 
 from wdm_bundle.data.pseudo_validation import make_pseudo_validation
 from wdm_bundle.reports import compare_synthesis
-from workflow_helpers import run_workflow as _run
 
 pytestmark = pytest.mark.slow
 
@@ -36,8 +36,17 @@ def test_unified_model_beats_baselines(repo_root, demo224, tmp_path):
     training target. Mean SSIM and PSNR over the cases, each with a margin.
     """
     root = tmp_path / "bundle"
-    _run(repo_root, ["train.json", "train_cwdm.json", "demo.json"], "train", bundle_root=str(root),
-         dataset_dir=str(demo224), num_iterations=4500, save_every=1500, preview_every=0, log_every=500)
+    _run(
+        repo_root,
+        ["train.json", "train_cwdm.json", "demo.json"],
+        "train",
+        bundle_root=str(root),
+        dataset_dir=str(demo224),
+        num_iterations=4500,
+        save_every=1500,
+        preview_every=0,
+        log_every=500,
+    )
     assert (root / "models" / "unified" / "model.pt").exists()
 
     val, gt = tmp_path / "val", tmp_path / "gt"
@@ -45,8 +54,17 @@ def test_unified_model_beats_baselines(repo_root, demo224, tmp_path):
     assert len(missing) == 24 and set(missing.values()) == {"t1n", "t1c", "t2w", "t2f"}
 
     out = tmp_path / "synthesis"
-    _run(repo_root, ["inference_cwdm.json"], "infer", sampler="ddim", bundle_root=str(root), input_dir=str(val),
-         output_dir=str(out), num_inference_steps=10, progress=False)
+    _run(
+        repo_root,
+        ["inference_cwdm.json"],
+        "infer",
+        sampler="ddim",
+        bundle_root=str(root),
+        input_dir=str(val),
+        output_dir=str(out),
+        num_inference_steps=10,
+        progress=False,
+    )
     for case, contrast in missing.items():
         pred = nib.load(out / f"{case}-{contrast}.nii.gz")
         ref = nib.load(next((val / case).glob("*.nii.gz")))
@@ -86,9 +104,20 @@ def test_ct_to_mr_with_config_lists_only(repo_root, tmp_path):
     data = tmp_path / "pairs"
     _paired_ct_mr(data)
     root = tmp_path / "bundle"
-    _run(repo_root, ["train.json", "train_cwdm.json", "demo.json"], "train", bundle_root=str(root),
-         dataset_dir=str(data), datalist="", contrasts=["ct", "mr"], target_contrast="mr", num_iterations=40,
-         save_every=40, preview_every=20, log_every=20)
+    _run(
+        repo_root,
+        ["train.json", "train_cwdm.json", "demo.json"],
+        "train",
+        bundle_root=str(root),
+        dataset_dir=str(data),
+        datalist="",
+        contrasts=["ct", "mr"],
+        target_contrast="mr",
+        num_iterations=40,
+        save_every=40,
+        preview_every=20,
+        log_every=20,
+    )
     assert (root / "models" / "mr" / "model.pt").exists()
     assert list((root / "eval" / "cwdm_mr" / "previews").glob("*.png"))
 
@@ -98,8 +127,19 @@ def test_ct_to_mr_with_config_lists_only(repo_root, tmp_path):
         case.mkdir(parents=True)
         (case / f"pair{i:02d}-ct.nii.gz").write_bytes((data / f"pair{i:02d}" / f"pair{i:02d}-ct.nii.gz").read_bytes())
     out = tmp_path / "out"
-    _run(repo_root, ["inference_cwdm.json"], "infer", sampler="ddim", bundle_root=str(root), input_dir=str(val),
-         output_dir=str(out), contrasts=["ct", "mr"], ckpt_paths={"mr": str(root / "models" / "mr" / "model.pt")}, num_inference_steps=5, progress=False)
+    _run(
+        repo_root,
+        ["inference_cwdm.json"],
+        "infer",
+        sampler="ddim",
+        bundle_root=str(root),
+        input_dir=str(val),
+        output_dir=str(out),
+        contrasts=["ct", "mr"],
+        ckpt_paths={"mr": str(root / "models" / "mr" / "model.pt")},
+        num_inference_steps=5,
+        progress=False,
+    )
     for i in range(2):
         pred = nib.load(out / f"pair{i:02d}-mr.nii.gz")
         assert pred.shape == (16, 16, 16)

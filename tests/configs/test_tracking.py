@@ -10,9 +10,18 @@ mlflow = pytest.importorskip("mlflow")
 def test_mlflow_records_loss_params_and_previews(repo_root, demo_data, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     wf = ConfigWorkflow(
-        config_file=[str(repo_root / "configs" / c) for c in ("train.json", "demo.json")], workflow_type="train",
-        tracking="mlflow", bundle_root=str(tmp_path), dataset_dir=str(demo_data), num_workers=0, num_iterations=3,
-        save_every=100, preview_every=2, preview_steps=2, log_every=100, learning_rate=0.002,
+        config_file=[str(repo_root / "configs" / c) for c in ("train.json", "demo.json")],
+        workflow_type="train",
+        tracking="mlflow",
+        bundle_root=str(tmp_path),
+        dataset_dir=str(demo_data),
+        num_workers=0,
+        num_iterations=3,
+        save_every=100,
+        preview_every=2,
+        preview_steps=2,
+        log_every=100,
+        learning_rate=0.002,
     )
     wf.initialize()
     wf.run()
@@ -36,4 +45,6 @@ def test_mlflow_records_loss_params_and_previews(repo_root, demo_data, tmp_path,
     run_dir = eval_dir / "mlruns" / run.info.run_id / "artifacts"
     assert (run_dir / "previews" / "preview_00000002.png").stat().st_size > 1000
     assert len(list(run_dir.glob("config_*.json"))) == 1
-    assert sorted(a.path for a in client.list_artifacts(run.info.run_id, "previews")) == ["previews/preview_00000002.png"]
+    assert sorted(a.path for a in client.list_artifacts(run.info.run_id, "previews")) == [
+        "previews/preview_00000002.png"
+    ]

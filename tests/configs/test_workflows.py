@@ -9,18 +9,24 @@ import pytest
 import torch
 from ignite.engine import Events
 from scipy.stats import wasserstein_distance
-
-from wdm_bundle.engines import centered_affine, list_checkpoints
 from workflow_helpers import error_messages as _messages
 from workflow_helpers import workflow as _workflow
+
+from wdm_bundle.engines import centered_affine, list_checkpoints
 
 pytestmark = pytest.mark.slow
 
 
 def _train(repo_root, root, demo_data, num_iterations, **override):
     wf = _workflow(
-        repo_root, ["train.json", "demo.json"], "train", bundle_root=str(root), dataset_dir=str(demo_data),
-        num_iterations=num_iterations, num_workers=0, **override,
+        repo_root,
+        ["train.json", "demo.json"],
+        "train",
+        bundle_root=str(root),
+        dataset_dir=str(demo_data),
+        num_iterations=num_iterations,
+        num_workers=0,
+        **override,
     )
     trainer = wf.parser.get_parsed_content("train#trainer")
     record = {"loss": [], "iteration": []}
@@ -36,7 +42,10 @@ def test_train_resume_and_infer(repo_root, demo_data, tmp_path):
     losses = np.array(record["loss"])
     assert len(losses) == 60
     assert losses[-10:].mean() < 0.6 * losses[:10].mean(), losses
-    assert [p.name for p in list_checkpoints(tmp_path / "models")] == ["checkpoint_00000030.pt", "checkpoint_00000060.pt"]
+    assert [p.name for p in list_checkpoints(tmp_path / "models")] == [
+        "checkpoint_00000030.pt",
+        "checkpoint_00000060.pt",
+    ]
     assert (tmp_path / "eval" / "previews" / "preview_00000060.png").stat().st_size > 1000
     assert list((tmp_path / "eval" / "tensorboard").glob("events.out.tfevents.*"))
 
@@ -51,8 +60,17 @@ def test_train_resume_and_infer(repo_root, demo_data, tmp_path):
     assert torch.load(tmp_path / "models" / "model.pt", weights_only=True)["iteration"] == 75
 
     out = tmp_path / "samples"
-    wf = _workflow(repo_root, ["inference.json"], "infer", bundle_root=str(tmp_path),
-                   output_dir=str(out), num_samples=3, batch_size=2, num_inference_steps=5, progress=False)
+    wf = _workflow(
+        repo_root,
+        ["inference.json"],
+        "infer",
+        bundle_root=str(tmp_path),
+        output_dir=str(out),
+        num_samples=3,
+        batch_size=2,
+        num_inference_steps=5,
+        progress=False,
+    )
     wf.run()
     files = sorted(out.glob("*.nii.gz"))
     assert [f.name for f in files] == ["sample_0000.nii.gz", "sample_0001.nii.gz", "sample_0002.nii.gz"]
@@ -67,14 +85,28 @@ def test_train_resume_and_infer(repo_root, demo_data, tmp_path):
         assert data.min() >= -1 - 1e-6 and data.max() <= 1 + 1e-6 and data.std() > 0
         assert f.with_name(f.name.replace(".nii.gz", ".png")).exists()
     with pytest.raises(Exception) as err:
-        _workflow(repo_root, ["inference.json"], "infer", bundle_root=str(tmp_path),
-                  output_dir=str(out), num_samples=3, num_inference_steps=5, progress=False).run()
+        _workflow(
+            repo_root,
+            ["inference.json"],
+            "infer",
+            bundle_root=str(tmp_path),
+            output_dir=str(out),
+            num_samples=3,
+            num_inference_steps=5,
+            progress=False,
+        ).run()
     assert "output file(s) already exist" in _messages(err.value)
 
 
 def _held_out(repo_root, demo_data):
-    wf = _workflow(repo_root, ["train.json", "demo.json"], "train", dataset_dir=str(demo_data), split="test",
-                   bundle_root="/nonexistent")
+    wf = _workflow(
+        repo_root,
+        ["train.json", "demo.json"],
+        "train",
+        dataset_dir=str(demo_data),
+        split="test",
+        bundle_root="/nonexistent",
+    )
     datalist = wf.parser.get_parsed_content("train#datalist")
     preprocessing = wf.parser.get_parsed_content("train#preprocessing")
     return np.stack([np.asarray(preprocessing(d)["image"][0]) for d in datalist])
@@ -93,9 +125,19 @@ def test_learning_is_real(repo_root, demo_data, tmp_path):
 
     def sample(root, use_ema):
         out = root / "samples"
-        wf = _workflow(repo_root, ["inference.json"], "infer", bundle_root=str(root), output_dir=str(out),
-                       num_samples=8, batch_size=8, num_inference_steps=10, use_ema=use_ema, save_png=False,
-                       progress=False)
+        wf = _workflow(
+            repo_root,
+            ["inference.json"],
+            "infer",
+            bundle_root=str(root),
+            output_dir=str(out),
+            num_samples=8,
+            batch_size=8,
+            num_inference_steps=10,
+            use_ema=use_ema,
+            save_png=False,
+            progress=False,
+        )
         wf.run()
         return np.stack([nib.load(f).get_fdata() for f in sorted(out.glob("*.nii.gz"))])
 
@@ -118,8 +160,16 @@ def test_learning_is_real(repo_root, demo_data, tmp_path):
 
 
 def _cli(repo_root, *args):
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
-           "['configs/train.json','configs/demo.json']", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        "['configs/train.json','configs/demo.json']",
+        *args,
+    ]
     return subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=600)
 
 
@@ -134,8 +184,9 @@ def test_cli_rejects_bad_input_before_training(repo_root, tmp_path):
         if i == 1:
             vol[3, 4, 5] = np.nan
         nib.save(nib.Nifti1Image(vol, np.eye(4)), str(data / f"vol{i}.nii.gz"))
-    result = _cli(repo_root, "--bundle_root", str(tmp_path), "--dataset_dir", str(data), "--datalist", "''",
-                  "--modality", "''")
+    result = _cli(
+        repo_root, "--bundle_root", str(tmp_path), "--dataset_dir", str(data), "--datalist", "''", "--modality", "''"
+    )
     assert result.returncode != 0
     assert "vol1.nii.gz: contains 1 NaN/inf voxels" in result.stderr
     assert not (tmp_path / "models").exists()
@@ -143,13 +194,29 @@ def test_cli_rejects_bad_input_before_training(repo_root, tmp_path):
 
 def test_image_space_ddpm_baseline_config(repo_root, demo_data, tmp_path):
     """The paper's baseline: the same U-Net on the images (no DWT), from one override file."""
-    wf = _workflow(repo_root, ["train.json", "demo.json", "ddpm_image_space.json"], "train", bundle_root=str(tmp_path),
-                   dataset_dir=str(demo_data), num_iterations=4, save_every=4, preview_every=4, num_workers=0)
+    wf = _workflow(
+        repo_root,
+        ["train.json", "demo.json", "ddpm_image_space.json"],
+        "train",
+        bundle_root=str(tmp_path),
+        dataset_dir=str(demo_data),
+        num_iterations=4,
+        save_every=4,
+        preview_every=4,
+        num_workers=0,
+    )
     net = wf.parser.get_parsed_content("network_def")
     assert net.space == "image" and net.in_channels == 1
     wf.run()
     wf.finalize()
-    wf = _workflow(repo_root, ["inference.json"], "infer",
-                   bundle_root=str(tmp_path), num_samples=1, num_inference_steps=2, progress=False)
+    wf = _workflow(
+        repo_root,
+        ["inference.json"],
+        "infer",
+        bundle_root=str(tmp_path),
+        num_samples=1,
+        num_inference_steps=2,
+        progress=False,
+    )
     wf.run()
     assert nib.load(tmp_path / "samples" / "sample_0000.nii.gz").shape == (32, 32, 32)

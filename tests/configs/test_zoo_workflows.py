@@ -25,7 +25,7 @@ def _train_override(root, demo_data):
         bundle_root=str(root),
         dataset_dir=str(demo_data),
         datalist=str(demo_data / "datalist.json"),
-        roi_size=None,
+        pad_crop_size=None,
         batch_size=2,
         num_iterations=4,
         epoch_length=2,
@@ -88,7 +88,7 @@ def test_cwdm_train_then_infer(repo_root, demo_data, tmp_path):
         bundle_root=str(tmp_path),
         dataset_dir=str(tmp_path / "val"),
         output_dir=str(out),
-        roi_size=None,
+        pad_crop_size=None,
         **SAMPLING,
         **SMALL,
     )

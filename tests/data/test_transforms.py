@@ -68,7 +68,7 @@ def test_pad_to_multiple_inverts_exactly():
 def test_bad_framing_arguments_are_named():
     with pytest.raises(ValueError, match="'middle' is not a valid Placement"):
         framing_transform("a", (8, 8, 8), "middle")
-    with pytest.raises(ValueError, match="roi_size or size_multiple"):
+    with pytest.raises(ValueError, match="pad_crop_size or size_multiple"):
         framing_transform("a", None)
     with pytest.raises(ValueError, match="data_range"):
         synthesis_preprocessing(["a", "b"], (8, 8, 8), data_range=(1, 0))
@@ -90,7 +90,7 @@ def test_training_and_inference_preprocess_a_case_identically(repo_root, tmp_pat
     parser.read_config([str(repo_root / "configs" / f) for f in ("train.json", "train_cwdm.json")])
     parser.update(
         {
-            "roi_size": [32, 44, 32],
+            "pad_crop_size": [32, 44, 32],
             "data_range": [-1.0, 1.0],
             "network_def#channels": [8, 8],
             "network_def#norm_num_groups": 8,

@@ -42,7 +42,7 @@ def ref_decode(coeffs):
     return pywt.idwtn({k: coeffs[:, [i]] for i, k in enumerate(BANDS)}, "haar", axes=(2, 3, 4))
 
 
-def reference_sample(x_T, x0_fn, data_range, conditioning=None, seed=NOISE_SEED):
+def reference_sample(x_last, x0_fn, data_range, conditioning=None, seed=NOISE_SEED):
     """Ancestral DDPM of the reference in float64 numpy: linear betas 1e-4 -> 0.02 built in float64, x0 clamped in
     image space, mean c1 x0 + c2 x_t, variance beta_t (fixed large), no noise at t = 0. The noise z of step t > 0 is
     MONAI's draw ``torch.randn(shape, generator)`` (float32, seed ``seed``), widened to float64.
@@ -56,7 +56,7 @@ def reference_sample(x_T, x0_fn, data_range, conditioning=None, seed=NOISE_SEED)
     c1 = betas * np.sqrt(alpha_bar_prev) / (1.0 - alpha_bar)
     c2 = (1.0 - alpha_bar_prev) * np.sqrt(alphas) / (1.0 - alpha_bar)
     generator = torch.Generator().manual_seed(seed)
-    x = x_T.double().numpy()
+    x = x_last.double().numpy()
     cond = None if conditioning is None else conditioning.double().numpy()
     for t in range(T - 1, -1, -1):
         x0 = x0_fn(x if cond is None else np.concatenate([x, cond], axis=1), t)
@@ -75,20 +75,20 @@ def _case(family):
     lo, hi = data_range
     image = torch.rand(2, 1, *shape, generator=g) * (hi - lo) + lo
     model = AffineOracle(HaarWavelet3D(3.0).encode(image))
-    x_T = torch.randn(2, 8, *(s // 2 for s in shape), generator=g)
+    x_last = torch.randn(2, 8, *(s // 2 for s in shape), generator=g)
     cond = None
     if n_cond:  # (2, 8 * n_cond, d, h, w): the coefficients of n_cond images per sample, concatenated
         cond_images = torch.rand(2 * n_cond, 1, *shape, generator=g) * (hi - lo) + lo
-        cond = HaarWavelet3D(3.0).encode(cond_images).reshape(2, 8 * n_cond, *x_T.shape[2:])
-    coeffs, images = reference_sample(x_T, model.reference, data_range, cond)
-    return model, x_T, cond, torch.from_numpy(coeffs), torch.from_numpy(images)
+        cond = HaarWavelet3D(3.0).encode(cond_images).reshape(2, 8 * n_cond, *x_last.shape[2:])
+    coeffs, images = reference_sample(x_last, model.reference, data_range, cond)
+    return model, x_last, cond, torch.from_numpy(coeffs), torch.from_numpy(images)
 
 
 def _run(family, scheduler, decode):
-    model, x_T, cond, _, _ = _case(family)
+    model, x_last, cond, _, _ = _case(family)
     inferer = WaveletDiffusionInferer(scheduler, data_range=FAMILIES[family][0])
     generator = torch.Generator().manual_seed(NOISE_SEED)
-    return inferer.sample(x_T, model, conditioning=cond, verbose=False, decode=decode, generator=generator)
+    return inferer.sample(x_last, model, conditioning=cond, verbose=False, decode=decode, generator=generator)
 
 
 def _max_delta(family, scheduler):

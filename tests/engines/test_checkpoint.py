@@ -13,7 +13,9 @@ SMALL = dict(channels=(8, 16), num_res_blocks=1, norm_num_groups=8)
 def _engine(net, opt):
     def step(engine, batch):
         opt.zero_grad()
-        loss = net(torch.randn(1, 8, 4, 4, 4), torch.tensor([1])).pow(2).mean() + sum(p.sum() * 0 for p in net.parameters())
+        loss = net(torch.randn(1, 8, 4, 4, 4), torch.tensor([1])).pow(2).mean() + sum(
+            p.sum() * 0 for p in net.parameters()
+        )
         loss.backward()
         opt.step()
         return loss.item()
@@ -104,8 +106,13 @@ def test_random_state_round_trip_loads_weights_only(tmp_path):
     gen = torch.Generator().manual_seed(1)
 
     def draws():
-        return (torch.rand(3).tolist(), np.random.rand(3).tolist(), np.random.randn(1).tolist(), random.random(),
-                torch.rand(2, generator=gen).tolist())
+        return (
+            torch.rand(3).tolist(),
+            np.random.rand(3).tolist(),
+            np.random.randn(1).tolist(),
+            random.random(),
+            torch.rand(2, generator=gen).tolist(),
+        )
 
     np.random.randn(1)  # leave a cached gaussian in numpy's state
     atomic_save({"rng": [random_state(gen)]}, tmp_path / "s.pt")

@@ -28,4 +28,3 @@ def test_split_run_writes_only_own_share_with_global_names(tmp_path):
     written = _generator(tmp_path, num_samples=3, batch_size=1, rank=1, world_size=2, progress=False).run()
     assert [p.split("/")[-1] for p in written] == ["sample_0001.nii.gz"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sample_0001.nii.gz", "sample_0001.png"]
-

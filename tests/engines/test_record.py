@@ -35,7 +35,7 @@ def _record(**kw):
         network=net,
         data_range=(-1, 1),
         image_size=(16, 16, 16),
-        roi_size=None,
+        pad_crop_size=None,
         placement="symmetric",
         modality="t1n",
     )
@@ -52,6 +52,15 @@ def test_record_holds_every_setting_and_rebuilds_the_network():
     rebuilt = recorded_network(record)
     assert rebuilt.wavelet.lll_scale == 2.0
     rebuilt.load_state_dict(net.state_dict(), strict=True)  # same architecture, key for key
+
+
+def test_records_of_earlier_versions_read_with_the_current_names(caplog):
+    """0.2.0 wrote the pad/crop size as `roi_size` and no voxel size: read as `pad_crop_size`, quietly."""
+    _, record = _record(pad_crop_size=[20, 20, 20])
+    old = {("roi_size" if k == "pad_crop_size" else k): v for k, v in record.items() if k != "spacing"}
+    with caplog.at_level(logging.WARNING):
+        assert validate_record(old) == {**record, "spacing": None}
+    assert "unknown" not in caplog.text
 
 
 def test_checkpointer_writes_the_record_and_refuses_to_resume_with_other_settings(tmp_path):
@@ -139,10 +148,10 @@ def test_per_contrast_records_must_agree(tmp_path):
 
 def test_authors_record_is_the_reference_framing():
     cwdm = authors_record("cwdm_unet", "t1c")
-    assert cwdm["placement"] == "end" and cwdm["roi_size"] == [224, 224, 160] and cwdm["data_range"] == [0.0, 1.0]
+    assert cwdm["placement"] == "end" and cwdm["pad_crop_size"] == [224, 224, 160] and cwdm["data_range"] == [0.0, 1.0]
     assert cwdm["variance_type"] == "fixed_large" and cwdm["network"]["backbone"]["args"]["skip_mode"] == "concat"
     wdm = authors_record("wdm_unet_128")
-    assert wdm["placement"] == "symmetric" and wdm["roi_size"] == [256] * 3 and wdm["data_range"] == [-1.0, 1.0]
+    assert wdm["placement"] == "symmetric" and wdm["pad_crop_size"] == [256] * 3 and wdm["data_range"] == [-1.0, 1.0]
     with pytest.raises(ValueError, match="--target_contrast"):
         authors_record("cwdm_unet")
 
@@ -196,3 +205,15 @@ def test_training_settings_reach_inference_and_previews_without_overrides(repo_r
     with pytest.raises(Exception) as err:
         parser.get_parsed_content("noise_scheduler")
     assert "beta_end: 0.02 given, 0.01 recorded" in error_messages(err.value)
+
+
+def test_a_record_without_spacing_takes_the_given_one_or_the_former_default(tmp_path):
+    net, record = _record()
+    assert record["spacing"] is None
+    atomic_save({"model": net.state_dict(), "record": record}, tmp_path / "model.pt")
+    assert load_record(tmp_path / "model.pt", "generation")["spacing"] == [2.0, 2.0, 2.0]
+    assert load_record(tmp_path / "model.pt", "generation", {"spacing": [1, 1.5, 1]})["spacing"] == [1.0, 1.5, 1.0]
+    _, recorded = _record(spacing=[5.0, 6.0, 5.0])
+    atomic_save({"model": net.state_dict(), "record": recorded}, tmp_path / "recorded.pt")
+    with pytest.raises(ValueError, match=r"spacing: \[1, 1, 1\] given, \[5.0, 6.0, 5.0\] recorded"):
+        load_record(tmp_path / "recorded.pt", "generation", {"spacing": [1, 1, 1]})

@@ -17,15 +17,15 @@ CONTRASTS = ["t1n", "t1c", "t2w", "t2f"]
 SMALL = dict(channels=[8, 8], num_res_blocks=1, norm_num_groups=8)
 
 
-def _record(roi_size=(224, 224, 160), unified=True, **kw):
+def _record(pad_crop_size=(224, 224, 160), unified=True, **kw):
     """A validated cWDM training record with a small network."""
     base = LEGACY_RECORDS["synthesis"]
     channels = (
         {"condition_channels": 4, "extra_channels": 4} if unified else {"condition_channels": 3, "extra_channels": 0}
     )
     network = {**base["network"], **SMALL, **channels}
-    roi = list(roi_size) if roi_size else None
-    return validate_record({**base, "roi_size": roi, "image_size": roi, "network": network, **kw})
+    roi = list(pad_crop_size) if pad_crop_size else None
+    return validate_record({**base, "pad_crop_size": roi, "image_size": roi, "network": network, **kw})
 
 
 def _oblique_affine():
@@ -53,8 +53,8 @@ def _case(root, name, contrasts, shape=(240, 240, 155), affine=None, shapes=None
     return d
 
 
-def _synthesizer(tmp_path, input_dir, roi_size=(224, 224, 160), **kw):
-    record = _record(roi_size)
+def _synthesizer(tmp_path, input_dir, pad_crop_size=(224, 224, 160), **kw):
+    record = _record(pad_crop_size)
     ckpt = tmp_path / "model.pt"
     if not ckpt.exists():
         atomic_save({"model": WaveletDiffusionUNet.from_config(record["network"]).state_dict(), "record": record}, ckpt)
@@ -109,7 +109,7 @@ def test_bad_cases_are_reported_and_skipped(tmp_path):
     earlier = tmp_path / "out" / "earlier-t1n.nii.gz"
     earlier.write_bytes(b"an earlier result")
 
-    synth = _synthesizer(tmp_path, root, roi_size=None)
+    synth = _synthesizer(tmp_path, root, pad_crop_size=None)
     with pytest.raises(RuntimeError, match="5 of 6 case") as err:
         synth.run()
     msg = str(err.value)
@@ -125,7 +125,7 @@ def test_bad_cases_are_reported_and_skipped(tmp_path):
     # a rerun keeps what exists, redoes nothing, and still reports the bad cases
     before = good.read_bytes()
     with pytest.raises(RuntimeError, match="5 of 6"):
-        _synthesizer(tmp_path, root, roi_size=None).run()
+        _synthesizer(tmp_path, root, pad_crop_size=None).run()
     assert good.read_bytes() == before
     summary = json.loads((tmp_path / "out" / "synthesis_summary.json").read_text())
     assert summary["num_kept"] == 1
@@ -142,17 +142,17 @@ def test_missing_or_empty_input_dir(tmp_path):
 def test_missing_unified_weights_fail_before_any_case(tmp_path):
     _case(tmp_path / "in", "x", ["t1n", "t1c", "t2w"], shape=(16, 16, 16))
     with pytest.raises(FileNotFoundError, match="unified model weights"):
-        _synthesizer(tmp_path, tmp_path / "in", ckpt_path=tmp_path / "none.pt", roi_size=None).run()
+        _synthesizer(tmp_path, tmp_path / "in", ckpt_path=tmp_path / "none.pt", pad_crop_size=None).run()
     assert not (tmp_path / "out").exists()
 
 
 def test_per_contrast_models_need_their_weights(tmp_path):
     _case(tmp_path / "in", "x", ["t1n", "t1c", "t2w"], shape=(16, 16, 16))
     with pytest.raises(RuntimeError, match="no model for target 't2f'"):
-        _synthesizer(tmp_path, tmp_path / "in", ckpt_paths={"t1n": "a.pt"}, roi_size=None).run()
+        _synthesizer(tmp_path, tmp_path / "in", ckpt_paths={"t1n": "a.pt"}, pad_crop_size=None).run()
 
 
-IDENTITY_CASES = {  # name: (input shape, roi_size, placement, data_range)
+IDENTITY_CASES = {  # name: (input shape, pad_crop_size, placement, data_range)
     "brats_reference_framing": ((240, 240, 155), (224, 224, 160), "end", (0.0, 1.0)),
     "brats_symmetric": ((240, 240, 155), (224, 224, 160), "symmetric", (0.0, 1.0)),
     "odd_crop_and_pads_end": ((37, 41, 29), (32, 44, 32), "end", (-1.0, 1.0)),
@@ -176,7 +176,7 @@ def test_identity_oracle_output_is_the_normalised_input_on_the_input_grid(tmp_pa
     synth = _synthesizer(
         tmp_path,
         tmp_path / "in",
-        roi_size=roi,
+        pad_crop_size=roi,
         record=record,
         inferer=inferer,
         scheduler=inferer.scheduler,
@@ -242,7 +242,9 @@ def test_the_runner_writes_exactly_what_synthesize_returns(tmp_path):
             p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
     atomic_save({"model": net.state_dict(), "record": record}, tmp_path / "model.pt")
     inferer = WaveletDiffusionInferer(make_scheduler("ddpm", 2), (0, 1))  # DDPM: the step noise is seeded too
-    synth = _synthesizer(tmp_path, tmp_path / "in", roi_size=roi, inferer=inferer, scheduler=inferer.scheduler, seed=5)
+    synth = _synthesizer(
+        tmp_path, tmp_path / "in", pad_crop_size=roi, inferer=inferer, scheduler=inferer.scheduler, seed=5
+    )
     assert [r.status for r in synth.run()] == ["ok"]
     written = nib.load(tmp_path / "out" / "case_a-t2w.nii.gz").get_fdata(dtype=np.float32)
     folder = tmp_path / "in" / "case_a"

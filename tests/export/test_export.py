@@ -8,8 +8,7 @@ import sys
 import pytest
 import torch
 
-from wdm_bundle.engines import load_record
-from wdm_bundle.engines import export
+from wdm_bundle.engines import export, load_record
 from wdm_bundle.engines.export import load_exported
 
 TOL = 1e-4

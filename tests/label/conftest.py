@@ -61,8 +61,8 @@ def tiny_models(repo_root, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("label_bundle")
     for seed, (task, path, settings) in enumerate(
         [
-            ("synthesis", "unified/model.pt", {"roi_size": None, "image_size": None, "placement": "end"}),
-            ("generation", "model.pt", {"roi_size": None, "image_size": [32, 32, 32], "spacing": [5.0, 6.0, 5.0]}),
+            ("synthesis", "unified/model.pt", {"pad_crop_size": None, "image_size": None, "placement": "end"}),
+            ("generation", "model.pt", {"pad_crop_size": None, "image_size": [32, 32, 32], "spacing": [5.0, 6.0, 5.0]}),
         ]
     ):
         base = LEGACY_RECORDS[task]  # the demo configs' training record, with their tiny network

@@ -61,7 +61,9 @@ def test_synthesis_from_the_datastore(server, repo_root, tiny_models, label_spec
     # the same bundle config and weights in this process (torch 2.13 here, 2.14 in the server) give the same volume
     local = SynthesisService(
         BundleConfig(
-            repo_root, label_spec.synthesis_configs, {"ckpt_dir": str(tiny_models), "num_inference_steps": STEPS, "sampler": "ddim"}
+            repo_root,
+            label_spec.synthesis_configs,
+            {"ckpt_dir": str(tiny_models), "num_inference_steps": STEPS, "sampler": "ddim"},
         )
     )
     expected, _ = local(server["studies"] / "case_ok" / "case_ok-t2w.nii.gz", {}, tmp_path)

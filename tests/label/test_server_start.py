@@ -20,8 +20,9 @@ def _conf(repo_root, label_spec, tiny_models, generation_ckpt):
     }
 
 
-def test_a_task_with_unusable_weights_is_left_out(label_python, repo_root, tiny_models, demo_case, label_spec,
-                                                  tmp_path):
+def test_a_task_with_unusable_weights_is_left_out(
+    label_python, repo_root, tiny_models, demo_case, label_spec, tmp_path
+):
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint" * 64)
     studies = label_spec.make_studies(tmp_path / "studies", demo_case)
@@ -45,12 +46,28 @@ def test_non_loopback_host_without_auth_is_refused(label_python, repo_root, tiny
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [str(label_python), "-m", "monailabel.main", "start_server", "--app", str(app), "--studies",
-           str(tmp_path / "studies"), "--host", "0.0.0.0", "--port", str(port)]
+    cmd = [
+        str(label_python),
+        "-m",
+        "monailabel.main",
+        "start_server",
+        "--app",
+        str(app),
+        "--studies",
+        str(tmp_path / "studies"),
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(port),
+    ]
     for k, v in _conf(repo_root, label_spec, tiny_models, tiny_models / "model.pt").items():
         cmd += ["--conf", k, v]
-    env = {**os.environ, "PATH": f"{label_python.parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "PYTHONPATH": str(repo_root), "MONAI_LABEL_SESSION_PATH": str(tmp_path / "sessions")}
+    env = {
+        **os.environ,
+        "PATH": f"{label_python.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(repo_root),
+        "MONAI_LABEL_SESSION_PATH": str(tmp_path / "sessions"),
+    }
     env.pop("VIRTUAL_ENV", None)
     env.pop("MONAI_LABEL_AUTH_ENABLE", None)
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)

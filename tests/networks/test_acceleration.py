@@ -1,14 +1,13 @@
 """Memory and speed switches: activation checkpointing, autocast dtype, torch.compile."""
 
 import copy
-import shutil
 
 import pytest
 import torch
+from benchmarking.timing import peak_memory
 
 from wdm_bundle.networks import WaveletDiffusionUNet, build_reference_network
 from wdm_bundle.networks.wavelet_unet import apply_activation_checkpointing
-from benchmarking.timing import peak_memory
 from wdm_bundle.utils import autocast_dtype
 
 KW = dict(channels=(16, 32, 32), num_res_blocks=2, norm_num_groups=8)
@@ -114,8 +113,19 @@ def test_compile_switch_traces_the_network_and_samples(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(torch.compile(net, backend="eager")(x, t), net(x, t))
     scheduler = make_scheduler("ddim", 2)
-    gen = VolumeGenerator(net, WaveletDiffusionInferer(scheduler), scheduler, (1, 8, 8, 8), tmp_path, num_samples=1,
-                          save_png=False, progress=False, compile="true", compile_kwargs={"backend": "eager"},
-                          amp="true", amp_dtype="bfloat16")
+    gen = VolumeGenerator(
+        net,
+        WaveletDiffusionInferer(scheduler),
+        scheduler,
+        (1, 8, 8, 8),
+        tmp_path,
+        num_samples=1,
+        save_png=False,
+        progress=False,
+        compile="true",
+        compile_kwargs={"backend": "eager"},
+        amp="true",
+        amp_dtype="bfloat16",
+    )
     assert gen.compile and gen.amp_dtype == torch.bfloat16
     assert len(gen.run()) == 1

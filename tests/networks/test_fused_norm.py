@@ -4,16 +4,17 @@ import copy
 
 import torch
 import torch.nn.functional as F
+from benchmarking.timing import build_network
 from torch import nn
 
 from wdm_bundle.networks.fused_norm import _GroupNormSiLU, group_norm_silu, use_fused_group_norm_silu
-from benchmarking.timing import build_network
 
 
 def test_gradcheck_against_definition():
     norm = nn.GroupNorm(4, 12).double()
     with torch.no_grad():
-        norm.weight.normal_(); norm.bias.normal_()
+        norm.weight.normal_()
+        norm.bias.normal_()
     x = torch.randn(2, 12, 3, 4, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, w, b: _GroupNormSiLU.apply(x, w, b, 4, 1e-5), (x, norm.weight, norm.bias))
     torch.testing.assert_close(group_norm_silu(x, norm), F.silu(norm(x)))
@@ -23,7 +24,8 @@ def test_half_precision_input_uses_float32_statistics():
     """Under autocast a block input can be bfloat16/float16: same output and gradients as the unfused ops."""
     norm = nn.GroupNorm(2, 4)
     with torch.no_grad():
-        norm.weight.normal_(); norm.bias.normal_()
+        norm.weight.normal_()
+        norm.bias.normal_()
     x = (torch.randn(2, 4, 6, 6, 6) + 50).to(torch.bfloat16).requires_grad_()  # bf16 statistics would be off
     ref_x = x.detach().float().requires_grad_()
     out, ref = group_norm_silu(x, norm), F.silu(norm(ref_x))

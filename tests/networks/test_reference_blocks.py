@@ -91,8 +91,11 @@ def test_resblock_matches_hand_formula(spatial_dims, c_in, c_out, resample):
 def test_resblock_keys():
     plain = ResBlock(3, 8, 8, 12, norm_num_groups=4)
     wide = ResBlock(3, 8, 16, 12, norm_num_groups=4)
-    expected = {f"{m}.{p}" for m in ("in_layers.0", "in_layers.2", "emb_layers.1", "out_layers.0", "out_layers.3")
-                for p in ("weight", "bias")}
+    expected = {
+        f"{m}.{p}"
+        for m in ("in_layers.0", "in_layers.2", "emb_layers.1", "out_layers.0", "out_layers.3")
+        for p in ("weight", "bias")
+    }
     assert set(plain.state_dict()) == expected
     assert set(wide.state_dict()) == expected | {"skip_connection.weight", "skip_connection.bias"}
     assert wide.skip_connection.kernel_size == (1, 1, 1)

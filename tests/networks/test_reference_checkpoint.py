@@ -39,8 +39,11 @@ def _load_script(name: str):
 
 def _state(spec: dict, kind: str = "randn") -> OrderedDict:
     """A state_dict with exactly the spec's keys and shapes; shared WavU-Net copies made equal."""
-    make = {"randn": lambda s: torch.randn(s) * 0.05, "zeros": torch.zeros,
-            "meta": lambda s: torch.empty(s, device="meta")}[kind]
+    make = {
+        "randn": lambda s: torch.randn(s) * 0.05,
+        "zeros": torch.zeros,
+        "meta": lambda s: torch.empty(s, device="meta"),
+    }[kind]
     wavunet = "out_res.0.0.in_layers.0.weight" in spec
     state = OrderedDict()
     for key, shape in spec.items():
@@ -212,7 +215,7 @@ def _samples_with_the_authors_settings(name, path, target):
         assert type(parser.get_parsed_content("network").backbone) is type(expected)
     else:
         synth = parser.get_parsed_content("synthesizer")
-        assert synth.data_range == (0.0, 1.0) and synth.roi_size == (224, 224, 160)
+        assert synth.data_range == (0.0, 1.0) and synth.pad_crop_size == (224, 224, 160)
         assert synth.record["placement"] == "end" and synth.contrasts == ["t1n", "t1c", "t2w", "t2f"]
         net, _ = synth.network_for(target)  # strict load, 3 conditions, concatenation skips
         assert net.in_channels == 32 and net.backbone.skip_mode == "concat"

@@ -50,9 +50,9 @@ def test_override_builds_reference_network(name, reference_spec, brats_like):
     assert shapes == reference_shapes(config)
     if config != "wdm_wavunet_256":  # the only one without a published specification
         assert shapes == reference_spec(config)
-    assert parser["image_size"] == size and parser["roi_size"] == [256] * 3
+    assert parser["image_size"] == size and parser["pad_crop_size"] == [256] * 3
     # the recorded voxel size of BraTS-like 1 mm volumes (240x240x155, oblique) framed into 256^3, pooled to size
-    assert training_spacing([{"image": str(brats_like)}], "image", size, parser["roi_size"], "RAS") == spacing
+    assert training_spacing([{"image": str(brats_like)}], "image", size, parser["pad_crop_size"], "RAS") == spacing
     net.check_image_size(size)
     assert parser.get_parsed_content("noise_scheduler").variance_type == "fixed_large"  # the reference's sampler
 

@@ -99,8 +99,10 @@ def test_keys_shapes_counts_equal_reference(reference_spec):
 def test_layout_published_128():
     with torch.device("meta"):
         net = WavUNet(channels=C128)
-    kinds = ["stem"] + [type(b[0]).__name__ if b[0].__class__ is WaveletDownsample else (b[0].resample or "res")
-                        for b in net.input_blocks[1:]]
+    kinds = ["stem"] + [
+        type(b[0]).__name__ if b[0].__class__ is WaveletDownsample else (b[0].resample or "res")
+        for b in net.input_blocks[1:]
+    ]
     assert kinds == ["stem"] + ["res", "res", "down", "WaveletDownsample"] * 5
     assert [net.input_blocks[i][0].conv.in_channels for i in (4, 8, 12, 16, 20)] == [64, 512, 1024, 1024, 2048]
     assert [net.input_blocks[i][0].conv.out_channels for i in (4, 8, 12, 16, 20)] == [64, 128, 128, 256, 256]
@@ -124,8 +126,16 @@ def test_forward_routing():
     """Residual pyramid, highs of level l to the up block of level l, shared block applied twice, out_res, head."""
     torch.manual_seed(0)
     net = WavUNet(**TINY).eval()
-    rec = {"down_highs": [], "wd_args": [], "wd_out": [], "down_out": [], "up_highs": [], "shared_calls": {},
-           "out_in": None, "out_res_out": []}
+    rec = {
+        "down_highs": [],
+        "wd_args": [],
+        "wd_out": [],
+        "down_out": [],
+        "up_highs": [],
+        "shared_calls": {},
+        "out_in": None,
+        "out_res_out": [],
+    }
 
     def record_down(module, args, out):
         rec["down_out"].append(out[0])
@@ -133,6 +143,7 @@ def test_forward_routing():
 
     def count_call(module, args, out):
         rec["shared_calls"][id(module)] += 1
+
     for block in net.input_blocks[1:]:
         layer = block[0]
         if isinstance(layer, WaveletDownsample):

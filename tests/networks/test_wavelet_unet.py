@@ -46,7 +46,7 @@ def test_no_attention_anywhere_by_default():
     assert sum(p.numel() for p in with_attn.parameters()) > sum(p.numel() for p in net.parameters())
     mid = net.backbone.middle_block
     assert isinstance(mid.attention, torch.nn.Identity)
-    assert type(mid.resnet_1).__name__ == type(mid.resnet_2).__name__ == "DiffusionUNetResnetBlock"
+    assert {type(mid.resnet_1).__name__, type(mid.resnet_2).__name__} == {"DiffusionUNetResnetBlock"}
 
 
 def test_backbone_factory_gives_each_network_its_own_backbone():
@@ -54,8 +54,16 @@ def test_backbone_factory_gives_each_network_its_own_backbone():
 
     from monai.networks.nets import DiffusionModelUNet
 
-    make = partial(DiffusionModelUNet, spatial_dims=3, in_channels=8, out_channels=8, channels=(8, 8),
-                   attention_levels=(False, False), norm_num_groups=8, num_res_blocks=1)
+    make = partial(
+        DiffusionModelUNet,
+        spatial_dims=3,
+        in_channels=8,
+        out_channels=8,
+        channels=(8, 8),
+        attention_levels=(False, False),
+        norm_num_groups=8,
+        num_res_blocks=1,
+    )
     a, b = WaveletDiffusionUNet(backbone=make), WaveletDiffusionUNet(backbone=make)
     assert a.backbone is not b.backbone
     with pytest.raises(ValueError, match="backbone takes 8 input channels but this wrapper feeds it 16"):

@@ -110,9 +110,11 @@ def test_training_shape_mismatch_and_roi(pseudo_val, tmp_path):
         )
         entry[c] = f"big-{c}.nii.gz"
     (tmp_path / "dl.json").write_text(json.dumps({"training": [entry]}))
-    with pytest.raises(ValueError, match=r"\(18, 18, 18\).*roi_size"):
+    with pytest.raises(ValueError, match=r"\(18, 18, 18\).*pad_crop_size"):
         compare_synthesis(root / "pv", root / "gt", tmp_path / "pred", tmp_path / "dl.json")
-    result = compare_synthesis(root / "pv", root / "gt", tmp_path / "pred", tmp_path / "dl.json", roi_size=[16, 16, 16])
+    result = compare_synthesis(
+        root / "pv", root / "gt", tmp_path / "pred", tmp_path / "dl.json", pad_crop_size=[16, 16, 16]
+    )
     assert result["num_cases"] == 4
 
 

@@ -39,9 +39,23 @@ FAST = [
 def _bundle_cmd(run_id, configs, bundle_root, *args, launcher=()):
     """The command ``python [launcher] -m monai.bundle run <run_id>`` on ``configs/<configs>`` in ``bundle_root``."""
     files = [str(REPO / "configs" / c) for c in configs]
-    return [sys.executable, *launcher, "-m", "monai.bundle", "run", run_id, "--config_file", repr(files),
-            "--meta_file", str(REPO / "configs" / "metadata.json"), "--logging_file",
-            str(REPO / "configs" / "logging.conf"), "--bundle_root", str(bundle_root), *map(str, args)]
+    return [
+        sys.executable,
+        *launcher,
+        "-m",
+        "monai.bundle",
+        "run",
+        run_id,
+        "--config_file",
+        repr(files),
+        "--meta_file",
+        str(REPO / "configs" / "metadata.json"),
+        "--logging_file",
+        str(REPO / "configs" / "logging.conf"),
+        "--bundle_root",
+        str(bundle_root),
+        *map(str, args),
+    ]
 
 
 def _bundle(run_id, configs, bundle_root, *args):
@@ -246,8 +260,16 @@ def test_compare_synthesis_refuses_missing_or_empty_pred_dir(tmp_path):
         ("empty", f"pred_dir '{tmp_path / 'empty'}' must hold"),
         ("wrong", f"pred_dir '{tmp_path / 'wrong'}' must hold"),
     ):
-        args = ["--input_dir", tmp_path / "pv", "--gt_dir", tmp_path / "gt", "--pred_dir", tmp_path / pred,
-                "--train_datalist", datalist]
+        args = [
+            "--input_dir",
+            tmp_path / "pv",
+            "--gt_dir",
+            tmp_path / "gt",
+            "--pred_dir",
+            tmp_path / pred,
+            "--train_datalist",
+            datalist,
+        ]
         script = [sys.executable, REPO / "scripts" / "compare_synthesis.py", *args]
         rc, out = _run(list(map(str, script)), tmp_path)
         _assert_refused(rc, out, expected)
@@ -263,8 +285,15 @@ def test_torchrun_refusal_on_every_rank(tmp_path, demo_data):
     torch.save({"trainer": {"iteration": 5}}, tmp_path / "models" / "checkpoint_00000005.pt")
     before = _snapshot(tmp_path)
     torchrun = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
-    cmd = _bundle_cmd("training", ["train.json", "demo.json", "multi_gpu_train.json"], tmp_path, "--dataset_dir",
-                      demo_data, *FAST, launcher=torchrun)
+    cmd = _bundle_cmd(
+        "training",
+        ["train.json", "demo.json", "multi_gpu_train.json"],
+        tmp_path,
+        "--dataset_dir",
+        demo_data,
+        *FAST,
+        launcher=torchrun,
+    )
     rc, out = _run(cmd, tmp_path)
     assert rc != 0
     refusal = "already holds 1 checkpoint(s) (latest: checkpoint_00000005.pt); pass --resume true"

@@ -14,7 +14,7 @@ from wdm_bundle.diffusion import make_scheduler
 from wdm_bundle.engines import training_record
 from wdm_bundle.networks import WaveletDiffusionUNet
 
-SETTINGS = {"roi_size": [16, 16, 16], "image_size": [8, 8, 8]}
+SETTINGS = {"pad_crop_size": [16, 16, 16], "image_size": [8, 8, 8]}
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def _checkpoint(path, **kw):
         network=net,
         data_range=(-1, 1),
         image_size=SETTINGS["image_size"],
-        roi_size=SETTINGS["roi_size"],
+        pad_crop_size=SETTINGS["pad_crop_size"],
         spacing=(3.0, 3.0, 3.0),
         modality="t2f",
         orientation="RAS",
@@ -104,13 +104,15 @@ def test_settings_come_from_the_checkpoint_record(repo_root, script, brats, tmp_
 
 
 def test_a_record_without_reorientation_keeps_the_file_orientation(repo_root, script, brats, tmp_path):
-    ckpt = _checkpoint(tmp_path / "model.pt", orientation=None, roi_size=None, image_size=None)
+    ckpt = _checkpoint(tmp_path / "model.pt", orientation=None, pad_crop_size=None, image_size=None)
     (written,) = script.prepare_reference_set(str(brats), str(tmp_path / "real"), ckpt=str(ckpt), num_volumes=1)
     out = nib.load(written).get_fdata()
     source = nib.load(brats / "BraTS-GLI-00000-000" / "BraTS-GLI-00000-000-t2f.nii.gz").get_fdata()
     assert out.shape == source.shape  # no pad/crop or resize
     assert np.corrcoef(out.ravel(), source.ravel())[0, 1] > 0.95  # nor the LPS -> RAS flip training applies
-    ras = _training_volumes(repo_root, brats, modality="t2f", roi_size=None, image_size=None)["BraTS-GLI-00000-000"]
+    ras = _training_volumes(repo_root, brats, modality="t2f", pad_crop_size=None, image_size=None)[
+        "BraTS-GLI-00000-000"
+    ]
     np.testing.assert_allclose(ras, out[::-1, ::-1], atol=1e-6)
 
 
@@ -123,7 +125,7 @@ def test_command_line(repo_root, brats, tmp_path):
         str(brats),
         "--output_dir",
         str(tmp_path / "real"),
-        "--roi_size",
+        "--pad_crop_size",
         "[16,16,16]",
         "--image_size",
         "[8,8,8]",

@@ -66,7 +66,7 @@ class ResumableSampler(Sampler[int]):
             indices = list(range(self.data_size))
         while len(indices) < self.total_size:  # pad (by repeating the start) to share evenly
             indices += indices[: self.total_size - len(indices)]
-        return indices[self.rank::self.num_replicas]
+        return indices[self.rank :: self.num_replicas]
 
     def __iter__(self) -> Iterator[int]:
         indices = self.order(self.next_pass)[self._skip :]
@@ -92,5 +92,10 @@ class ResumableSampler(Sampler[int]):
 
     def settings(self) -> dict[str, int | bool]:
         """The settings that define the order (to check that a resumed run draws the same one)."""
-        return {"seed": self.seed, "shuffle": self.shuffle, "data_size": self.data_size,
-                "num_replicas": self.num_replicas, "even_divisible": self.even_divisible}
+        return {
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "data_size": self.data_size,
+            "num_replicas": self.num_replicas,
+            "even_divisible": self.even_divisible,
+        }

@@ -46,29 +46,29 @@ class Placement(StrEnum):
 
 def framing_transform(
     keys: str | Sequence[str],
-    roi_size: Sequence[int] | None,
+    pad_crop_size: Sequence[int] | None,
     placement: str = Placement.SYMMETRIC,
     size_multiple: int | None = None,
     allow_missing_keys: bool = False,
 ):
-    """Invertible pad/crop of (C, D, H, W) items to ``roi_size``, or (no ROI) pad up to a multiple of ``size_multiple``.
+    """Invertible pad/crop of (C, D, H, W) items to ``pad_crop_size``, or (no ROI) pad up to a multiple of ``size_multiple``.
 
     Raises:
         ValueError: an unknown ``placement`` (the message lists the allowed ones) or neither size given.
     """
     method = Placement(placement).value
-    if roi_size:
+    if pad_crop_size:
         return ResizeWithPadOrCropd(
-            keys, spatial_size=[int(s) for s in roi_size], method=method, allow_missing_keys=allow_missing_keys
+            keys, spatial_size=[int(s) for s in pad_crop_size], method=method, allow_missing_keys=allow_missing_keys
         )
     if not size_multiple:
-        raise ValueError("framing needs roi_size or size_multiple (the network's input multiple).")
+        raise ValueError("framing needs pad_crop_size or size_multiple (the network's input multiple).")
     return DivisiblePadd(keys, k=int(size_multiple), method=method, allow_missing_keys=allow_missing_keys)
 
 
 def synthesis_preprocessing(
     contrasts: Sequence[str],
-    roi_size: Sequence[int] | None,
+    pad_crop_size: Sequence[int] | None,
     placement: str = Placement.END,
     clip_percentiles: Sequence[float] = (0.1, 99.9),
     data_range: Sequence[float] = (0.0, 1.0),
@@ -98,7 +98,7 @@ def synthesis_preprocessing(
         ScaleIntensityRangePercentilesd(
             keys, lower=lo, upper=hi, b_min=0.0, b_max=1.0, clip=True, allow_missing_keys=missing_ok
         ),
-        framing_transform(keys, roi_size, placement, size_multiple, allow_missing_keys=missing_ok),
+        framing_transform(keys, pad_crop_size, placement, size_multiple, allow_missing_keys=missing_ok),
     ]
     if tuple(map(float, data_range)) != (0.0, 1.0):  # after framing: padding is background, data_range[0]
         transforms.append(
@@ -135,13 +135,13 @@ def training_spacing(
     datalist: Sequence[Mapping[str, str]],
     key: str = "image",
     image_size: Sequence[int] | None = None,
-    roi_size: Sequence[int] | None = None,
+    pad_crop_size: Sequence[int] | None = None,
     orientation: str | None = "RAS",
 ) -> list[float]:
     """Voxel size (mm, per axis of the network's grid) of the training volumes after preprocessing.
 
     The first file's voxel size (header only), in the axis order after reorienting to ``orientation``,
-    times the resampling factor: the framed size (``roi_size``, else the file's shape) over ``image_size``.
+    times the resampling factor: the framed size (``pad_crop_size``, else the file's shape) over ``image_size``.
     Generation writes its samples with it.
     """
     path = datalist[0][key]
@@ -149,6 +149,6 @@ def training_spacing(
     if orientation:  # axis order after MONAI's Orientationd; RAS and LPS share it
         img = nib.as_closest_canonical(img)
     zooms = np.asarray(img.header.get_zooms()[:3], float)
-    frame = np.asarray(roi_size or img.shape[:3], float)
+    frame = np.asarray(pad_crop_size or img.shape[:3], float)
     size = np.asarray(image_size or frame, float)
     return [round(float(v), 6) for v in zooms * frame / size]

@@ -19,15 +19,15 @@ class InvalidDataError(ValueError):
 
 def resolve_image_size(
     image_size: Sequence[int] | None,
-    roi_size: Sequence[int] | None,
+    pad_crop_size: Sequence[int] | None,
     datalist: Sequence[Mapping[str, str]],
     key: str = "image",
 ) -> tuple[int, ...]:
-    """The (D, H, W) the network sees: ``image_size``, else ``roi_size``, else the first file's shape."""
-    size = image_size or roi_size
+    """The (D, H, W) the network sees: ``image_size``, else ``pad_crop_size``, else the first file's shape."""
+    size = image_size or pad_crop_size
     if size:
         if len(size) != 3 or any(int(s) < 2 for s in size):
-            raise ValueError(f"image_size/roi_size must be 3 sizes >= 2, got {size}.")
+            raise ValueError(f"image_size/pad_crop_size must be 3 sizes >= 2, got {size}.")
         return tuple(int(s) for s in size)
     if not datalist:
         raise InvalidDataError("no input files: the datalist is empty.")
@@ -52,7 +52,7 @@ def _check_file(path: str, check_values: bool, size_multiple: int | None) -> str
     if size_multiple and any(s % size_multiple for s in spatial):
         return (
             f"has shape {spatial}, not divisible by {size_multiple} (the network's downsampling); "
-            "set 'roi_size' to pad/crop it"
+            "set 'pad_crop_size' to pad/crop it"
         )
     if check_values:
         try:
@@ -99,7 +99,9 @@ def validate_images(
             shape = volume_shape(path)
             first_shape = first_shape or (path, shape)
             if shape != first_shape[1]:
-                problem = f"has shape {shape} but '{first_shape[0]}' has {first_shape[1]}; set 'roi_size' to pad/crop"
+                problem = (
+                    f"has shape {shape} but '{first_shape[0]}' has {first_shape[1]}; set 'pad_crop_size' to pad/crop"
+                )
         if problem:
             problems.append(f"{path}: {problem}")
     if same_case_shapes:

@@ -67,8 +67,11 @@ class StopOnNonFiniteLoss:
     def attach(self, engine: Engine) -> None:
         from monai.engines.utils import IterationEvents
 
-        event = IterationEvents.LOSS_COMPLETED if IterationEvents.LOSS_COMPLETED in engine._allowed_events \
+        event = (
+            IterationEvents.LOSS_COMPLETED
+            if IterationEvents.LOSS_COMPLETED in engine._allowed_events
             else Events.ITERATION_COMPLETED
+        )
         engine.add_event_handler(event, self)
 
     def __call__(self, engine: Engine) -> None:
@@ -171,8 +174,10 @@ class PreviewSampler:
         found = sorted(self.output_dir.glob("preview_*.png"))
         if not found:
             return None
-        return (f"'{self.output_dir}' already holds {len(found)} preview(s) of another run (e.g. {found[0].name}) "
-                "that this run would replace; choose another --output_dir, move them, or pass --overwrite true.")
+        return (
+            f"'{self.output_dir}' already holds {len(found)} preview(s) of another run (e.g. {found[0].name}) "
+            "that this run would replace; choose another --output_dir, move them, or pass --overwrite true."
+        )
 
     def attach(self, engine: Engine) -> None:
         refusals = [r for r in _all_ranks(self._refusal()) if r]  # every rank refuses together
@@ -191,8 +196,13 @@ class PreviewSampler:
         was_training = model.training
         model.eval()
         try:
-            images = self.inferer.sample(noise[: len(conditioning) if conditioning is not None else None], model,
-                                         scheduler=self.scheduler, conditioning=conditioning, verbose=False)
+            images = self.inferer.sample(
+                noise[: len(conditioning) if conditioning is not None else None],
+                model,
+                scheduler=self.scheduler,
+                conditioning=conditioning,
+                verbose=False,
+            )
         finally:
             model.train(was_training)
         it = engine.state.iteration
@@ -224,4 +234,3 @@ class PreviewSampler:
         if condition is None:
             return None, None
         return condition, unwrap_model(self.network).wavelet.decode(x0)
-

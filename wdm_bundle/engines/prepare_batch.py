@@ -54,7 +54,9 @@ class WaveletPrepareBatch(DiffusionPrepareBatch):
         self.image_key = image_key
         self.diffusion = Diffusion(diffusion)
         if scheduler is not None and scheduler.num_train_timesteps != num_train_timesteps:
-            raise ValueError(f"scheduler has T = {scheduler.num_train_timesteps}, num_train_timesteps is {num_train_timesteps}.")
+            raise ValueError(
+                f"scheduler has T = {scheduler.num_train_timesteps}, num_train_timesteps is {num_train_timesteps}."
+            )
         self.scheduler = scheduler
 
     def get_timesteps(self, images: torch.Tensor) -> torch.Tensor:
@@ -86,9 +88,7 @@ class WaveletPrepareBatch(DiffusionPrepareBatch):
         non_blocking: bool = False,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
-        x0, condition = self.get_inputs(
-            batchdata, lambda t: _plain(t).to(device, non_blocking=non_blocking, **kwargs)
-        )
+        x0, condition = self.get_inputs(batchdata, lambda t: _plain(t).to(device, non_blocking=non_blocking, **kwargs))
         noise = self.get_noise(x0)
         timesteps = self.get_timesteps(x0)
         infer_kwargs: dict[str, torch.Tensor] = {"noise": noise, "timesteps": timesteps}
@@ -130,8 +130,14 @@ class SynthesisPrepareBatch(WaveletPrepareBatch):
         diffusion: str = Diffusion.DDPM,
         scheduler: Scheduler | None = None,
     ) -> None:
-        super().__init__(num_train_timesteps, wavelet, image_key=contrasts_key, condition_name=None, diffusion=diffusion,
-                         scheduler=scheduler)
+        super().__init__(
+            num_train_timesteps,
+            wavelet,
+            image_key=contrasts_key,
+            condition_name=None,
+            diffusion=diffusion,
+            scheduler=scheduler,
+        )
         if num_contrasts < 2:
             raise ValueError(f"num_contrasts must be >= 2 (a target and a source), got {num_contrasts}.")
         if target_index is not None and not 0 <= target_index < num_contrasts:
@@ -151,7 +157,9 @@ class SynthesisPrepareBatch(WaveletPrepareBatch):
         """Pick targets, then split the stacked contrasts into x0 and the condition (see `synthesis_inputs`)."""
         stack = to_device(batchdata[self.image_key])
         if stack.shape[1] != self.num_contrasts:
-            raise ValueError(f"expected {self.num_contrasts} contrasts on the channel axis, got shape {tuple(stack.shape)}.")
+            raise ValueError(
+                f"expected {self.num_contrasts} contrasts on the channel axis, got shape {tuple(stack.shape)}."
+            )
         targets = self.get_target_indices(stack.shape[0], stack.device)
         return synthesis_inputs(self.wavelet, stack, targets, unified=self.target_index is None)
 

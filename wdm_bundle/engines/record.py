@@ -7,7 +7,7 @@ config keys of the same settings, so that an inference config can name a setting
   ``variance_type`` (DDPM family) or ``timestep_sampling``/``timestep_loc``/``timestep_scale`` (RFlow);
 * space: ``lll_scale``, ``data_range``, ``image_size`` (what the network was trained on), ``spacing`` (its
   voxel size in mm, written into generated volumes);
-* data: ``roi_size``, ``placement`` (pad/crop framing), ``clip_percentiles`` (intensity
+* data: ``pad_crop_size``, ``placement`` (pad/crop framing), ``clip_percentiles`` (intensity
   normalisation), ``orientation``, ``modality`` (WDM) or ``contrasts``/``target_contrast`` (cWDM);
 * ``network``: `WaveletDiffusionUNet.config`, from which `WaveletDiffusionUNet.from_config` rebuilds it.
 
@@ -57,7 +57,7 @@ def training_record(
     data_range: Sequence[float],
     image_size: Sequence[int] | None = None,
     spacing: Sequence[float] | None = None,
-    roi_size: Sequence[int] | None = None,
+    pad_crop_size: Sequence[int] | None = None,
     placement: str = Placement.SYMMETRIC,
     clip_percentiles: Sequence[float] = (0.1, 99.9),
     orientation: str | None = None,
@@ -87,7 +87,7 @@ def training_record(
         "data_range": plain(data_range),
         "image_size": plain(image_size),
         "spacing": plain(spacing),
-        "roi_size": plain(roi_size) or None,
+        "pad_crop_size": plain(pad_crop_size) or None,
         "placement": str(placement),
         "clip_percentiles": plain(clip_percentiles),
         "orientation": orientation or None,

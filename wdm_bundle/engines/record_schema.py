@@ -16,7 +16,7 @@ from monai.networks.schedulers.ddpm import DDPMVarianceType
 from monai.utils import StrEnum
 
 from wdm_bundle.data.transforms import Placement
-from wdm_bundle.diffusion.schedulers import Diffusion
+from wdm_bundle.diffusion.schedulers import Diffusion, TimestepSampling
 from wdm_bundle.utils import plain
 
 __all__ = ["RECORD_VERSION", "Task", "validate_record", "schedule_settings", "compare_records"]
@@ -119,7 +119,7 @@ def validate_record(record: Any, source: str = "the record") -> dict[str, Any]:
             out["variance_type"] = _choice(r.get("variance_type"), "variance_type", [v.value for v in DDPMVarianceType])
         else:
             out["timestep_sampling"] = _choice(
-                r.get("timestep_sampling"), "timestep_sampling", ["uniform", "logit-normal"]
+                r.get("timestep_sampling"), "timestep_sampling", [t.value for t in TimestepSampling]
             )
             out["timestep_loc"] = _number(r.get("timestep_loc"), "timestep_loc", -100.0, 100.0)
             out["timestep_scale"] = _number(r.get("timestep_scale"), "timestep_scale", 0.0, 100.0)
@@ -127,7 +127,8 @@ def validate_record(record: Any, source: str = "the record") -> dict[str, Any]:
         out["data_range"] = _pair(r.get("data_range"), "data_range", -1e6, 1e6)
         out["image_size"] = _size(r.get("image_size"), "image_size")
         out["spacing"] = _spacing(r.get("spacing"), "spacing")
-        out["roi_size"] = _size(r.get("roi_size"), "roi_size")
+        # `roi_size`: the name in records written before 0.3.0
+        out["pad_crop_size"] = _size(r.get("pad_crop_size", r.get("roi_size")), "pad_crop_size")
         out["placement"] = _choice(r.get("placement"), "placement", [p.value for p in Placement])
         out["clip_percentiles"] = _pair(r.get("clip_percentiles"), "clip_percentiles", 0.0, 100.0)
         out["orientation"] = _choice(r.get("orientation"), "orientation", ["RAS", "LPS"], allow_none=True)
@@ -149,7 +150,7 @@ def validate_record(record: Any, source: str = "the record") -> dict[str, Any]:
         out["network"] = plain(network)
     except (ValueError, TypeError) as e:
         raise ValueError(f"{source}: invalid training record: {e}") from None
-    unknown = sorted(set(r) - set(out) - {"version"} - set(_RFLOW_KEYS) - set(_DDPM_KEYS))
+    unknown = sorted(set(r) - set(out) - {"version", "roi_size"} - set(_RFLOW_KEYS) - set(_DDPM_KEYS))
     if unknown:
         logger.warning(f"{source}: ignoring unknown training-record keys {unknown} (written by a newer bundle?).")
     return out

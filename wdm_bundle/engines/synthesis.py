@@ -98,7 +98,7 @@ def synthesize(
     """Synthesise contrast ``target`` of one case from its present contrasts, on their grid.
 
     The inputs are preprocessed exactly as in training (`wdm_bundle.data.synthesis_preprocessing` with
-    the record's ``contrasts``, ``roi_size``, ``placement``, ``clip_percentiles`` and ``data_range``),
+    the record's ``contrasts``, ``pad_crop_size``, ``placement``, ``clip_percentiles`` and ``data_range``),
     sampled from noise seeded by (``seed``, ``case``) (`case_seed`), the pad/crop undone exactly
     (`invert_framing`: voxel for voxel on the input grid), the data range mapped back to [0, 1] and
     the background (where all inputs are zero) set to 0.
@@ -120,7 +120,7 @@ def synthesize(
     model, device = unwrap_model(network), network_device(network, device)
     preprocessing = synthesis_preprocessing(
         contrasts,
-        record["roi_size"] or None,
+        record["pad_crop_size"] or None,
         record["placement"],
         record["clip_percentiles"],
         record["data_range"],
@@ -211,7 +211,7 @@ class ContrastSynthesizer:
         self.unified = unified
         self.ckpt_path = ckpt_path
         self.ckpt_paths = dict(ckpt_paths or {})
-        self.roi_size = tuple(self.record["roi_size"]) if self.record["roi_size"] else None
+        self.pad_crop_size = tuple(self.record["pad_crop_size"]) if self.record["pad_crop_size"] else None
         lo, hi = self.record["clip_percentiles"]
         self.normalize = ScaleIntensityRangePercentiles(lower=lo, upper=hi, b_min=0.0, b_max=1.0, clip=True)
         self.device = torch.device(device)
@@ -264,8 +264,8 @@ class ContrastSynthesizer:
             except FileNotFoundError as e:
                 raise CaseError(str(e)) from e
             model = unwrap_model(net)
-            if self.roi_size:
-                model.check_image_size(self.roi_size, name="roi_size")
+            if self.pad_crop_size:
+                model.check_image_size(self.pad_crop_size, name="pad_crop_size")
             self._networks[key] = (net.to(self.device).eval(), record)
         return self._networks[key]
 

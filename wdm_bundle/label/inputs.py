@@ -47,8 +47,11 @@ class RequestError(ValueError):
     """A request the server cannot serve; ``status`` is the HTTP code to answer with (422 by default)."""
 
     def __init__(self, message: str, status: int = 422) -> None:
-        super().__init__(message)
+        super().__init__(message, status)  # all arguments: copies and pickles keep the status
         self.status = int(status)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 def case_files(image: str | os.PathLike, contrasts: Sequence[str]) -> tuple[str, dict[str, str]]:

@@ -120,14 +120,17 @@ def _save_upload(upload: UploadFile, folder: str, max_bytes: int) -> str:
 
 
 def make_infer_endpoint(wdm_app: Any, queue: InferQueue, conf: ServerSettings) -> Callable[..., Any]:
+    form_params, form_file = Form("{}"), File(None)  # FastAPI's parameter declarations, made once per endpoint
+    authorised_user = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))
+
     async def infer(
         background_tasks: BackgroundTasks,
         model: str,
         image: str = "",
         output: Optional[ResultType] = None,
-        params: str = Form("{}"),
-        file: UploadFile = File(None),
-        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
+        params: str = form_params,
+        file: UploadFile = form_file,
+        user: User = authorised_user,
     ):
         tasks = wdm_app._infers
         task = tasks.get(model)
@@ -160,7 +163,9 @@ def make_infer_endpoint(wdm_app: Any, queue: InferQueue, conf: ServerSettings) -
         except Exception as e:  # a bug or a broken model: logged here, no server detail to the client
             shutil.rmtree(folder, ignore_errors=True)
             logger.exception(f"infer '{model}' failed")
-            raise HTTPException(status_code=500, detail=f"inference failed ({type(e).__name__}); see the server log.")
+            raise HTTPException(
+                status_code=500, detail=f"inference failed ({type(e).__name__}); see the server log."
+            ) from e
         if output == ResultType.json:
             return JSONResponse(info)
         return FileResponse(result_path, media_type="application/gzip", filename=os.path.basename(result_path))

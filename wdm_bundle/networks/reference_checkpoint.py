@@ -86,14 +86,25 @@ REFERENCE_CONFIGS: dict[str, ReferenceConfig] = {
     c.name: c
     for c in (
         ReferenceConfig("wdm_unet_128", "ours_unet_128", WDMUNet, {"channels": _LEVELS_128, "skip_mode": SkipMode.ADD}),
-        ReferenceConfig("wdm_unet_256", "ours_unet_256", WDMUNet, {"channels": _LEVELS_256, "skip_mode": SkipMode.ADD},
-                        image_size=(256, 256, 256)),
+        ReferenceConfig(
+            "wdm_unet_256",
+            "ours_unet_256",
+            WDMUNet,
+            {"channels": _LEVELS_256, "skip_mode": SkipMode.ADD},
+            image_size=(256, 256, 256),
+        ),
         ReferenceConfig("wdm_wavunet_128", "ours_wnet_128", WavUNet, {"channels": _LEVELS_128}),
-        ReferenceConfig("wdm_wavunet_256", "ours_wnet_256", WavUNet, {"channels": _LEVELS_256},
-                        image_size=(256, 256, 256)),
-        ReferenceConfig("cwdm_unet", "cwdm", WDMUNet,
-                        {"in_channels": 32, "channels": _LEVELS_128, "skip_mode": SkipMode.CONCAT},
-                        condition_channels=3, image_size=(224, 224, 160)),
+        ReferenceConfig(
+            "wdm_wavunet_256", "ours_wnet_256", WavUNet, {"channels": _LEVELS_256}, image_size=(256, 256, 256)
+        ),
+        ReferenceConfig(
+            "cwdm_unet",
+            "cwdm",
+            WDMUNet,
+            {"in_channels": 32, "channels": _LEVELS_128, "skip_mode": SkipMode.CONCAT},
+            condition_channels=3,
+            image_size=(224, 224, 160),
+        ),
     )
 }
 
@@ -130,8 +141,11 @@ class KeyReport:
             more = f"\n    ... and {len(keys) - limit} more" if len(keys) > limit else ""
             return f"\n  {title} ({len(keys)}):{shown}{more}" if keys else f"\n  {title}: none"
 
-        return (_list("missing keys", self.missing) + _list("unexpected keys", self.unexpected)
-                + _list("shape mismatches (checkpoint vs expected)", self.mismatched))
+        return (
+            _list("missing keys", self.missing)
+            + _list("unexpected keys", self.unexpected)
+            + _list("shape mismatches (checkpoint vs expected)", self.mismatched)
+        )
 
 
 def _get_config(config: str) -> ReferenceConfig:
@@ -147,8 +161,9 @@ def build_reference_network(config: str, device: torch.device | str | None = Non
     """
     cfg = _get_config(config)
     with torch.device(device) if device is not None else nullcontext():
-        return WaveletDiffusionUNet(image_channels=1, condition_channels=cfg.condition_channels,
-                                    backbone=cfg.build_backbone())
+        return WaveletDiffusionUNet(
+            image_channels=1, condition_channels=cfg.condition_channels, backbone=cfg.build_backbone()
+        )
 
 
 @lru_cache(maxsize=None)
@@ -175,23 +190,30 @@ def compare_keys(state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple
     return KeyReport(
         missing=[k for k in expected if k not in state],
         unexpected=[k for k in state if k not in expected],
-        mismatched=[f"{k}: {tuple(state[k].shape)} vs {expected[k]}" for k in expected
-                    if k in state and tuple(state[k].shape) != expected[k]],
+        mismatched=[
+            f"{k}: {tuple(state[k].shape)} vs {expected[k]}"
+            for k in expected
+            if k in state and tuple(state[k].shape) != expected[k]
+        ],
     )
 
 
 def _check_tensors(state: Any, what: str) -> None:
     if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         kind = f"keys {sorted(map(str, state))[:10]}" if isinstance(state, Mapping) else type(state).__name__
-        hint = (" It looks like a bundle checkpoint ({'model', 'ema', ...}); use scripts/export_checkpoint.py "
-                "for the other direction." if isinstance(state, Mapping) and "model" in state else "")
+        hint = (
+            " It looks like a bundle checkpoint ({'model', 'ema', ...}); use scripts/export_checkpoint.py "
+            "for the other direction."
+            if isinstance(state, Mapping) and "model" in state
+            else ""
+        )
         raise ReferenceCheckpointError(f"{what} is not a state_dict of tensors ({kind}).{hint}")
 
 
 def _strip_module_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop a leading ``module.`` (DataParallel/DDP) from every key if all keys have it."""
     if state and all(k.startswith("module.") for k in state):
-        return {k[len("module."):]: v for k, v in state.items()}
+        return {k[len("module.") :]: v for k, v in state.items()}
     return dict(state)
 
 
@@ -267,7 +289,7 @@ def export_reference_state_dict(
     """
     _check_tensors(state, "the bundle weights")
     outside = [k for k in state if not k.startswith(BACKBONE_PREFIX)]
-    backbone = {k[len(BACKBONE_PREFIX):]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
+    backbone = {k[len(BACKBONE_PREFIX) :]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
     config = _check_against(backbone, config, "the bundle weights' backbone")
     if outside:
         raise ReferenceCheckpointError(f"the bundle weights hold keys the reference has no place for: {outside}")
@@ -325,18 +347,23 @@ def import_checkpoint_file(
         if known[1] != config:
             logger.warning(f"the published file {known[0]} is '{known[1]}', imported as '{config}'.")
     record = authors_record(config, target_contrast if config.startswith("cwdm") else None)
-    atomic_save({"model": weights, "ema": weights, "iteration": int(iteration), "diffusion": record["diffusion"],
-                 "record": record, "reference": {"config": config, "source": src.name, "sha256": sha}}, dst)
+    atomic_save(
+        {
+            "model": weights,
+            "ema": weights,
+            "iteration": int(iteration),
+            "diffusion": record["diffusion"],
+            "record": record,
+            "reference": {"config": config, "source": src.name, "sha256": sha},
+        },
+        dst,
+    )
     logger.info(f"imported '{src}' ({config}, {len(weights)} tensors) to '{dst}'.")
     return config
 
 
 def export_checkpoint_file(
-    src: str | os.PathLike,
-    dst: str | os.PathLike,
-    key: str = "ema",
-    config: str | None = None,
-    overwrite: bool = False,
+    src: str | os.PathLike, dst: str | os.PathLike, key: str = "ema", config: str | None = None, overwrite: bool = False
 ) -> str:
     """Bundle weight file ``src`` (its ``key`` weights, or a bare state_dict) -> reference state_dict ``dst``.
 
@@ -347,8 +374,10 @@ def export_checkpoint_file(
     src, dst = _check_paths(src, dst, overwrite)
     ckpt = torch_load(src)
     if isinstance(ckpt, Mapping) and ckpt.get("diffusion", "ddpm") != "ddpm":
-        raise ValueError(f"'{src}' was trained with diffusion='{ckpt['diffusion']}'; the reference code samples "
-                         "x0-predicting DDPM models only, so it would misread these weights.")
+        raise ValueError(
+            f"'{src}' was trained with diffusion='{ckpt['diffusion']}'; the reference code samples "
+            "x0-predicting DDPM models only, so it would misread these weights."
+        )
     if isinstance(ckpt, Mapping) and ("model" in ckpt or "ema" in ckpt):
         if key not in ckpt:
             raise KeyError(f"'{src}' has no '{key}' weights; it holds {sorted(ckpt)}. Pass --key model or --key ema.")

@@ -23,9 +23,10 @@ from wdm_bundle.networks.reference_blocks import (
     make_time_embed,
     timestep_embedding,
 )
+from wdm_bundle.networks.wavelet_unet import PAPER_CHANNELS
 from wdm_bundle.utils import plain_config
 
-__all__ = ["SkipMode", "WDMUNet", "check_backbone_args", "check_backbone_input"]
+__all__ = ["SkipMode", "ReferenceBackbone", "WDMUNet", "check_backbone_args", "check_backbone_input"]
 
 
 class SkipMode(StrEnum):
@@ -50,7 +51,11 @@ def check_backbone_args(
 
 
 def check_backbone_input(
-    x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None, in_channels: int, spatial_dims: int,
+    x: torch.Tensor,
+    timesteps: torch.Tensor,
+    context: torch.Tensor | None,
+    in_channels: int,
+    spatial_dims: int,
     multiple: int,
 ) -> torch.Tensor:
     """Validate a backbone call; returns ``timesteps`` as an (N,) tensor (a scalar is broadcast)."""
@@ -68,7 +73,50 @@ def check_backbone_input(
     return timesteps
 
 
-class WDMUNet(nn.Module):
+class ReferenceBackbone(nn.Module):
+    """The size arguments the reference backbones share, their checks and the recorded ``config``.
+
+    Args:
+        spatial_dims: 3 (the reference) or 2 where a subclass allows it (``allowed_spatial_dims``).
+        in_channels: input channels (8 wavelet bands per image; cWDM 32).
+        out_channels: output channels (8).
+        channels: width per level; ``channels[0]`` is also the stem/head width C (the time
+            embedding has 4C).
+        num_res_blocks: ResBlocks per level R.
+        norm_num_groups: GroupNorm groups (32).
+        norm_eps: GroupNorm epsilon (1e-5).
+        dropout: dropout in the ResBlocks (0).
+        extra: the subclass's own arguments, recorded in ``config`` too.
+    """
+
+    allowed_spatial_dims: tuple[int, ...] = (2, 3)
+
+    def __init__(
+        self,
+        spatial_dims: int = 3,
+        in_channels: int = 8,
+        out_channels: int = 8,
+        channels: Sequence[int] = PAPER_CHANNELS[128],
+        num_res_blocks: int = 2,
+        norm_num_groups: int = 32,
+        norm_eps: float = 1e-5,
+        dropout: float = 0.0,
+        **extra,
+    ) -> None:
+        super().__init__()
+        check_spatial_dims(spatial_dims, self.allowed_spatial_dims)
+        check_backbone_args(in_channels, out_channels, channels, num_res_blocks, norm_num_groups)
+        args = dict(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, channels=channels)
+        args.update(num_res_blocks=num_res_blocks, norm_num_groups=norm_num_groups, norm_eps=norm_eps, dropout=dropout)
+        self.config = plain_config(**args, **extra)
+        self.spatial_dims, self.in_channels, self.out_channels = spatial_dims, in_channels, out_channels
+        self.channels = tuple(int(c) for c in channels)
+        self.num_res_blocks = num_res_blocks
+        self.norm_num_groups, self.norm_eps, self.dropout = norm_num_groups, norm_eps, dropout
+        self.embed_channels = 4 * self.channels[0]
+
+
+class WDMUNet(ReferenceBackbone):
     """The U-Net of WDM (paper Table 1 "WDM") and, with ``skip_mode="concat"``, of cWDM.
 
     Encoder: conv3 stem ``in_channels -> channels[0]``; per level ``num_res_blocks`` ResBlocks
@@ -88,52 +136,23 @@ class WDMUNet(nn.Module):
     256)`` (83,158,728); cWDM: ``(64, 128, 128, 256, 256)``, 32 -> 8, ``concat`` (81,511,048).
 
     Args:
-        spatial_dims: 3 (the reference) or 2.
-        in_channels: input channels (8 wavelet bands per image; cWDM 32).
-        out_channels: output channels (8).
-        channels: width per level; ``channels[0]`` is also the stem/head width C (the time
-            embedding has 4C).
-        num_res_blocks: ResBlocks per level R.
-        norm_num_groups: GroupNorm groups (32).
-        norm_eps: GroupNorm epsilon (1e-5).
-        dropout: dropout in the ResBlocks (0).
+        args, kwargs: the sizes, as `ReferenceBackbone` (spatial_dims 3 or 2).
         resblock_updown: must be True: the published models resample inside ResBlocks; the
             reference's separate conv resampling layers (``resblock_updown=False``) are not built.
         skip_mode: ``"add"`` (WDM) or ``"concat"`` (cWDM).
     """
 
-    def __init__(
-        self,
-        spatial_dims: int = 3,
-        in_channels: int = 8,
-        out_channels: int = 8,
-        channels: Sequence[int] = (64, 128, 128, 256, 256),
-        num_res_blocks: int = 2,
-        norm_num_groups: int = 32,
-        norm_eps: float = 1e-5,
-        dropout: float = 0.0,
-        resblock_updown: bool = True,
-        skip_mode: str = SkipMode.ADD,
-    ) -> None:
-        super().__init__()
-        check_spatial_dims(spatial_dims)
-        check_backbone_args(in_channels, out_channels, channels, num_res_blocks, norm_num_groups)
+    def __init__(self, *args, resblock_updown: bool = True, skip_mode: str = SkipMode.ADD, **kwargs) -> None:
+        super().__init__(*args, resblock_updown=resblock_updown, skip_mode=skip_mode, **kwargs)
         if not resblock_updown:
             raise ValueError("resblock_updown must be True: only in-block resampling (the published models) is built.")
-        self.config = plain_config(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
-                                   channels=channels, num_res_blocks=num_res_blocks, norm_num_groups=norm_num_groups,
-                                   norm_eps=norm_eps, dropout=dropout, resblock_updown=resblock_updown,
-                                   skip_mode=skip_mode)
-        self.spatial_dims = spatial_dims
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.channels = tuple(int(c) for c in channels)
-        self.num_res_blocks = num_res_blocks
         if skip_mode not in set(SkipMode):
             raise ValueError(f"skip_mode must be one of {[m.value for m in SkipMode]}, got {skip_mode!r}.")
         self.skip_mode = SkipMode(skip_mode)
+        spatial_dims, in_channels, out_channels = self.spatial_dims, self.in_channels, self.out_channels
+        num_res_blocks = self.num_res_blocks
+        norm_num_groups, norm_eps, dropout = self.norm_num_groups, self.norm_eps, self.dropout
         base = self.channels[0]
-        self.embed_channels = 4 * base
 
         def res(c_in: int, c_out: int, resample: str | None = None) -> ResBlock:
             return ResBlock(

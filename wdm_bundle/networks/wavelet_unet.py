@@ -42,7 +42,11 @@ def apply_activation_checkpointing(backbone: nn.Module) -> int:
     use_fused_group_norm_silu(backbone)  # MONAI ResBlocks: GroupNorm+SiLU that stores only its input
     targets = []
     for name, module in backbone.named_modules():
-        if name and type(module).__name__.endswith(_CHECKPOINTED) and not any(name.startswith(t + ".") for t in targets):
+        if (
+            name
+            and type(module).__name__.endswith(_CHECKPOINTED)
+            and not any(name.startswith(t + ".") for t in targets)
+        ):
             targets.append(name)
     if isinstance(getattr(backbone, "out", None), nn.Module):
         targets.append("out")  # output head: GroupNorm, SiLU, conv at full resolution
@@ -51,8 +55,10 @@ def apply_activation_checkpointing(backbone: nn.Module) -> int:
         parent = backbone.get_submodule(parent_name) if parent_name else backbone
         setattr(parent, child, checkpoint_wrapper(getattr(parent, child)))
     if not targets:
-        raise ValueError(f"activation checkpointing found no residual or attention block (class name ending in "
-                         f"{', '.join(_CHECKPOINTED)}) in {type(backbone).__name__}.")
+        raise ValueError(
+            f"activation checkpointing found no residual or attention block (class name ending in "
+            f"{', '.join(_CHECKPOINTED)}) in {type(backbone).__name__}."
+        )
     return len(targets)
 
 
@@ -70,6 +76,28 @@ def _wavunet() -> type[nn.Module]:
 
 #: Backbones a recorded network may name (a closed set: a checkpoint never chooses the code that runs).
 _BACKBONES: dict[str, Callable[[], type[nn.Module]]] = {"WDMUNet": _reference_unet, "WavUNet": _wavunet}
+
+
+def _check_wrapper_args(image_channels: int, condition_channels: int, extra_channels: int, space: str) -> None:
+    if image_channels < 1:
+        raise ValueError(f"image_channels must be >= 1, got {image_channels}.")
+    if condition_channels < 0 or extra_channels < 0:
+        raise ValueError(
+            f"condition_channels and extra_channels must be >= 0, got {condition_channels}, {extra_channels}."
+        )
+    if space not in ("wavelet", "image"):
+        raise ValueError(f"space must be 'wavelet' or 'image', got '{space}'.")
+
+
+def constructor_arguments(cls: type) -> set[str]:
+    """The keyword arguments ``cls(...)`` takes, through its bases' ``__init__`` for ``*args, **kwargs`` passed on."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        params = inspect.signature(klass.__init__).parameters.values() if "__init__" in vars(klass) else ()
+        names |= {p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name != "self"}
+        if not any(p.kind == p.VAR_KEYWORD for p in params) and "__init__" in vars(klass):
+            break  # this constructor passes nothing further up
+    return names
 
 
 def _check_names(args: Mapping[str, Any], allowed: set[str], owner: str) -> None:
@@ -132,20 +160,14 @@ class WaveletDiffusionUNet(nn.Module):
         custom_backbone = backbone is not None
         if backbone is not None and not isinstance(backbone, nn.Module):
             backbone = backbone()
-        if image_channels < 1:
-            raise ValueError(f"image_channels must be >= 1, got {image_channels}.")
-        if condition_channels < 0 or extra_channels < 0:
+        _check_wrapper_args(image_channels, condition_channels, extra_channels, space)
+        if backbone is None and any(c % norm_num_groups for c in channels):
             raise ValueError(
-                f"condition_channels and extra_channels must be >= 0, got {condition_channels}, {extra_channels}."
+                f"norm_num_groups={norm_num_groups} must divide every entry of channels={tuple(channels)}."
             )
-        bad = [c for c in channels if c % norm_num_groups]
-        if bad and backbone is None:
-            raise ValueError(f"norm_num_groups={norm_num_groups} must divide every entry of channels={tuple(channels)}.")
         self.image_channels = image_channels
         self.condition_channels = condition_channels
         self.extra_channels = extra_channels
-        if space not in ("wavelet", "image"):
-            raise ValueError(f"space must be 'wavelet' or 'image', got '{space}'.")
         self.space = space
         self.wavelet = HaarWavelet3D(lll_scale) if space == "wavelet" else ImageSpace()
         bands = self.wavelet.bands
@@ -165,27 +187,41 @@ class WaveletDiffusionUNet(nn.Module):
                 resblock_updown=resblock_updown,
                 **backbone_kwargs,
             )
-            if not mid_block_attention:
+            if not mid_block_attention:  # MONAI always builds it; the paper has none
                 backbone.middle_block.attention = nn.Identity()
         self.config = plain_config(
-            image_channels=image_channels, condition_channels=condition_channels, extra_channels=extra_channels,
-            channels=channels, num_res_blocks=num_res_blocks, attention_levels=attention_levels,
-            norm_num_groups=norm_num_groups, resblock_updown=resblock_updown, mid_block_attention=mid_block_attention,
-            lll_scale=lll_scale, space=space, **backbone_kwargs,
+            image_channels=image_channels,
+            condition_channels=condition_channels,
+            extra_channels=extra_channels,
+            channels=channels,
+            num_res_blocks=num_res_blocks,
+            attention_levels=attention_levels,
+            norm_num_groups=norm_num_groups,
+            resblock_updown=resblock_updown,
+            mid_block_attention=mid_block_attention,
+            lll_scale=lll_scale,
+            space=space,
+            **backbone_kwargs,
         )
         if custom_backbone:
-            if type(backbone).__name__ not in _BACKBONES or not isinstance(getattr(backbone, "config", None), dict):
-                self.config = None  # cannot be rebuilt from a record; `record.training_record` says so
-            else:
-                self.config["backbone"] = {"class": type(backbone).__name__, "args": dict(backbone.config)}
+            self._record_backbone(backbone)
         backbone_in = getattr(backbone, "in_channels", self.in_channels)
         if backbone_in != self.in_channels:
-            raise ValueError(f"backbone takes {backbone_in} input channels but this wrapper feeds it {self.in_channels} "
-                             f"({bands} x ({image_channels} + {condition_channels}) + {extra_channels}).")
+            raise ValueError(
+                f"backbone takes {backbone_in} input channels but this wrapper feeds it {self.in_channels} "
+                f"({bands} x ({image_channels} + {condition_channels}) + {extra_channels})."
+            )
         self.activation_checkpointing = as_bool(activation_checkpointing, "activation_checkpointing")
         if self.activation_checkpointing:
             apply_activation_checkpointing(backbone)
         self.backbone = backbone
+
+    def _record_backbone(self, backbone: nn.Module) -> None:
+        """Add a custom backbone's class and arguments to ``config``; None if it cannot be rebuilt from a record."""
+        if type(backbone).__name__ not in _BACKBONES or not isinstance(getattr(backbone, "config", None), dict):
+            self.config = None  # `record.training_record` says so
+        else:
+            self.config["backbone"] = {"class": type(backbone).__name__, "args": dict(backbone.config)}
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> WaveletDiffusionUNet:
@@ -202,14 +238,18 @@ class WaveletDiffusionUNet(nn.Module):
         args = dict(config)
         backbone = args.pop("backbone", None)
         allowed = set(inspect.signature(cls).parameters) - {"backbone", "backbone_kwargs"}
-        allowed |= set(inspect.signature(DiffusionModelUNet).parameters) - {"spatial_dims", "in_channels", "out_channels"}
+        allowed |= set(inspect.signature(DiffusionModelUNet).parameters) - {
+            "spatial_dims",
+            "in_channels",
+            "out_channels",
+        }
         _check_names(args, allowed, cls.__name__)
         if backbone is not None:
             if not isinstance(backbone, Mapping) or backbone.get("class") not in _BACKBONES:
                 raise ValueError(f"recorded backbone must be one of {sorted(_BACKBONES)}, got {backbone!r:.200}.")
             backbone_cls = _BACKBONES[backbone["class"]]()
             backbone_args = dict(backbone.get("args") or {})
-            _check_names(backbone_args, set(inspect.signature(backbone_cls).parameters), backbone["class"])
+            _check_names(backbone_args, constructor_arguments(backbone_cls), backbone["class"])
             args["backbone"] = backbone_cls(**backbone_args)
         return cls(**args)
 

@@ -14,8 +14,6 @@ Haar filters and band order (``4*d + 2*h + w``, high = (even - odd) / sqrt2, as 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
@@ -28,8 +26,7 @@ from wdm_bundle.networks.reference_blocks import (
     make_time_embed,
     timestep_embedding,
 )
-from wdm_bundle.networks.reference_unet import check_backbone_args, check_backbone_input
-from wdm_bundle.utils import plain_config
+from wdm_bundle.networks.reference_unet import ReferenceBackbone, check_backbone_input
 from wdm_bundle.wavelets import dwt3d, idwt3d
 
 __all__ = ["haar_bands", "haar_merge", "WaveletResBlock", "WaveletDownsample", "WavUNet"]
@@ -113,7 +110,7 @@ class WaveletDownsample(nn.Module):
         return self.conv(haar_bands(pyr).flatten(1, 2) / self.wavelet_scale) + h
 
 
-class WavUNet(nn.Module):
+class WavUNet(ReferenceBackbone):
     """The WDM WavU-Net: Haar resampling in ResBlocks, wavelet residual inputs, no feature skips.
 
     Encoder: conv3 stem; per level ``num_res_blocks`` ResBlocks (the first widens to
@@ -130,50 +127,32 @@ class WavUNet(nn.Module):
     ``ours_wnet_256`` uses ``(64, 128, 128, 256, 256, 256)``.
 
     Args:
-        spatial_dims: must be 3.
-        in_channels: input channels (8).
-        out_channels: output channels (8).
-        channels: width per level; ``channels[0]`` is the stem/head width C (time embedding 4C).
-        num_res_blocks: ResBlocks per level R (2).
-        norm_num_groups: GroupNorm groups (32).
-        norm_eps: GroupNorm epsilon (1e-5).
-        dropout: dropout in the ResBlocks (0).
+        args, kwargs: the sizes, as `ReferenceBackbone` (spatial_dims must be 3).
         wavelet_scale: the divisor of the LLL band in the Haar blocks and of all bands in the
             wavelet residual inputs (reference: 3).
     """
 
-    def __init__(
-        self,
-        spatial_dims: int = 3,
-        in_channels: int = 8,
-        out_channels: int = 8,
-        channels: Sequence[int] = (64, 128, 128, 256, 256),
-        num_res_blocks: int = 2,
-        norm_num_groups: int = 32,
-        norm_eps: float = 1e-5,
-        dropout: float = 0.0,
-        wavelet_scale: float = 3.0,
-    ) -> None:
-        super().__init__()
-        if spatial_dims != 3:
-            raise ValueError(f"spatial_dims must be 3 (3D Haar wavelets), got {spatial_dims}.")
-        check_backbone_args(in_channels, out_channels, channels, num_res_blocks, norm_num_groups)
+    allowed_spatial_dims = (3,)  # 3D Haar wavelets
+
+    def __init__(self, *args, wavelet_scale: float = 3.0, **kwargs) -> None:
+        super().__init__(*args, wavelet_scale=wavelet_scale, **kwargs)
         if wavelet_scale <= 0:
             raise ValueError(f"wavelet_scale must be positive, got {wavelet_scale}.")
-        self.config = plain_config(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
-                                   channels=channels, num_res_blocks=num_res_blocks, norm_num_groups=norm_num_groups,
-                                   norm_eps=norm_eps, dropout=dropout, wavelet_scale=wavelet_scale)
-        self.spatial_dims = 3
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.channels = tuple(int(c) for c in channels)
-        self.num_res_blocks = num_res_blocks
+        in_channels, out_channels, num_res_blocks = self.in_channels, self.out_channels, self.num_res_blocks
+        norm_num_groups, norm_eps, dropout = self.norm_num_groups, self.norm_eps, self.dropout
         base = self.channels[0]
-        self.embed_channels = 4 * base
 
         def res(c_in: int, c_out: int, resample: str | None = None) -> WaveletResBlock:
-            return WaveletResBlock(c_in, c_out, self.embed_channels, norm_num_groups, norm_eps, dropout, resample,
-                                   wavelet_scale=wavelet_scale)
+            return WaveletResBlock(
+                c_in,
+                c_out,
+                self.embed_channels,
+                norm_num_groups,
+                norm_eps,
+                dropout,
+                resample,
+                wavelet_scale=wavelet_scale,
+            )
 
         self.time_embed = make_time_embed(base, self.embed_channels)
 

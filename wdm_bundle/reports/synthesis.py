@@ -66,13 +66,13 @@ def _brain(volumes: Sequence[np.ndarray]) -> np.ndarray:
     return np.logical_or.reduce([v != 0 for v in volumes])
 
 
-def _preparation(roi_size: Sequence[int] | None) -> Prepare:
-    """Centre-crop/zero-pad a (D, H, W) volume to ``roi_size`` (identity for None); ValueError if it is bad."""
-    if roi_size is None:
+def _preparation(pad_crop_size: Sequence[int] | None) -> Prepare:
+    """Centre-crop/zero-pad a (D, H, W) volume to ``pad_crop_size`` (identity for None); ValueError if it is bad."""
+    if pad_crop_size is None:
         return lambda vol: vol
-    if len(roi_size) != 3 or any(int(s) != s or s < 1 for s in roi_size):
-        raise ValueError(f"'roi_size' must be 3 ints >= 1; got {roi_size!r}.")
-    crop = ResizeWithPadOrCrop(tuple(int(s) for s in roi_size))
+    if len(pad_crop_size) != 3 or any(int(s) != s or s < 1 for s in pad_crop_size):
+        raise ValueError(f"'pad_crop_size' must be 3 ints >= 1; got {pad_crop_size!r}.")
+    crop = ResizeWithPadOrCrop(tuple(int(s) for s in pad_crop_size))
     return lambda vol: convert_to_numpy(crop(vol[None]))[0].astype(np.float32)
 
 
@@ -95,7 +95,7 @@ class _TrainingStatistics:
             if stats["mean"].shape != shape:
                 raise ValueError(
                     f"the training mean of '{missing}' has shape {stats['mean'].shape} but this case has {shape}; "
-                    "pass roi_size to crop/pad all volumes to one grid."
+                    "pass pad_crop_size to crop/pad all volumes to one grid."
                 )
             return stats
         if self._training is None:
@@ -113,7 +113,7 @@ class _TrainingStatistics:
                 if vol.shape != shape:
                     raise ValueError(
                         f"training volume {entry[c]} has shape {vol.shape} but the evaluated cases have "
-                        f"{shape}; pass roi_size to crop/pad both to one grid."
+                        f"{shape}; pass pad_crop_size to crop/pad both to one grid."
                     )
             brain = _brain([v for c, v in vols.items() if c != missing])
             mask = brain if brain.any() else None
@@ -274,7 +274,7 @@ def compare_synthesis(
     pred_dir: str | os.PathLike,
     train_datalist: str | os.PathLike,
     output_dir: str | os.PathLike | None = None,
-    roi_size: Sequence[int] | None = None,
+    pad_crop_size: Sequence[int] | None = None,
     *,
     contrasts: Sequence[str] = CONTRASTS,
 ) -> dict:
@@ -309,7 +309,7 @@ def compare_synthesis(
         pred_dir: the predictions (same grid as the case).
         train_datalist: datalist JSON with a ``training`` list of ``{contrast: path}`` entries.
         output_dir: where to write the reports; default ``pred_dir``.
-        roi_size: if given, every volume (cases and training) is centre-cropped/zero-padded to
+        pad_crop_size: if given, every volume (cases and training) is centre-cropped/zero-padded to
             these 3 sizes (MONAI ``ResizeWithPadOrCrop``) before scoring, e.g. the grid the
             network sees; needed when training and evaluation cases differ in shape.
         contrasts: the contrast suffixes.
@@ -323,10 +323,10 @@ def compare_synthesis(
     Raises:
         FileNotFoundError: ``gt_dir``, ``input_dir``, ``pred_dir`` or ``train_datalist`` does not exist.
         ValueError: no case in ``gt_dir``, no case could be scored (e.g. no prediction in ``pred_dir``),
-            a bad ``roi_size``, or training volumes whose shape differs from a case's (use ``roi_size``).
+            a bad ``pad_crop_size``, or training volumes whose shape differs from a case's (use ``pad_crop_size``).
     """
     roots = _folders(input_dir, gt_dir, pred_dir, train_datalist)
-    prepare, contrasts = _preparation(roi_size), list(contrasts)
+    prepare, contrasts = _preparation(pad_crop_size), list(contrasts)
     out_root = Path(output_dir) if output_dir is not None else roots[2]
     cases = [p.name for p in find_cases(roots[0], "gt_dir")]
     if not cases:

@@ -5,6 +5,14 @@ from wdm_bundle.wavelets.functional import crop_padding, dwt3d, haar_filters, id
 from wdm_bundle.wavelets.transform import HaarWavelet3D, ImageSpace
 
 __all__ = [
-    "SUBBANDS", "PYWT_KEYS", "LLL_INDEX", "dwt3d", "idwt3d", "haar_filters",
-    "pad_to_multiple", "crop_padding", "HaarWavelet3D", "ImageSpace",
+    "SUBBANDS",
+    "PYWT_KEYS",
+    "LLL_INDEX",
+    "dwt3d",
+    "idwt3d",
+    "haar_filters",
+    "pad_to_multiple",
+    "crop_padding",
+    "HaarWavelet3D",
+    "ImageSpace",
 ]
