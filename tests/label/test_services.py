@@ -151,7 +151,7 @@ def test_request_values_are_checked_against_closed_sets(synthesis):
         ({"num_inference_steps": 1e400}, "must be an integer >= 1 and <= 10"),
         ({"num_inference_steps": 11}, "<= 10"),
     ]:
-        with pytest.raises(RequestError, match="") as err:
+        with pytest.raises(RequestError) as err:
             sampling.build(params)
         assert message in str(err.value) and err.value.status == 422
     assert sampling.build({"sampler": "ddpm", "num_inference_steps": 3})[1] == {
