@@ -15,9 +15,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # repo root, fo
 import fire  # noqa: E402
 
 from wdm_bundle.data.demo import make_demo_dataset  # noqa: E402
+from wdm_bundle.data.demo_inpainting import make_inpainting_dataset  # noqa: E402
+
+LAYOUTS = {"brats": make_demo_dataset, "inpainting": make_inpainting_dataset}
 
 
-def make_demo_data(output_dir: str = "demo_data", **options) -> str:
+def make_demo_data(output_dir: str = "demo_data", layout: str = "brats", **options) -> str:
     """Generate ``num_cases`` synthetic subjects (t1n, t1c, t2w, t2f, seg) and a datalist.json.
 
     Anatomy is a randomly deformed MNI152 2009a template from nilearn's wheel; about
@@ -30,8 +33,19 @@ def make_demo_data(output_dir: str = "demo_data", **options) -> str:
         python scripts/make_demo_data.py --output_dir demo_data --num_cases 40 --size 32
         python scripts/make_demo_data.py --output_dir demo64 --size 64 --num_test 4 --overwrite
 
+    ``--layout inpainting`` writes the BraTS "Local Synthesis" layout instead (t1n only): per case
+    ``-t1n``, ``-mask-healthy`` (a random tumour-like mask in healthy tissue), ``-mask-unhealthy`` (the
+    lesion region; all-zero without lesion), ``-mask`` (the region to inpaint), ``-t1n-voided`` (the
+    image with that region set to 0) and, for lesion cases, ``-t1n-healthy`` (the same subject rendered
+    without its lesion); its options are those of
+    :func:`wdm_bundle.data.demo_inpainting.make_inpainting_dataset` (``--test_mask healthy|unhealthy``,
+    ``--fraction``, ``--margin``; 20 cases, 4 of them test, by default)::
+
+        python scripts/make_demo_data.py --layout inpainting --output_dir inpainting_data --size 32
+
     Args:
         output_dir: destination folder (created if needed).
+        layout: ``brats`` (the four contrasts and seg) or ``inpainting``.
         num_cases: number of cases, >= 1 (default 40).
         size: grid size, an int (cube) or 3 ints like ``[64,64,48]``; each >= 8 (default 32).
         num_test: number of test cases, 0 <= num_test < num_cases (default 8).
@@ -43,7 +57,9 @@ def make_demo_data(output_dir: str = "demo_data", **options) -> str:
     Returns:
         Path of the written datalist.json.
     """
-    return make_demo_dataset(output_dir, **options)
+    if layout not in LAYOUTS:
+        raise ValueError(f"--layout must be one of {sorted(LAYOUTS)}, got {layout!r}.")
+    return LAYOUTS[layout](output_dir, **options)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 from wdm_bundle.data.datalists import build_datalist
 from wdm_bundle.data.demo import make_demo_dataset, make_demo_subject
+from wdm_bundle.data.demo_inpainting import make_inpainting_dataset, make_inpainting_subject
 from wdm_bundle.data.io import CONTRASTS, NIFTI_SUFFIXES, find_case_files, find_cases, load_volume, volume_shape
+from wdm_bundle.data.masks import random_healthy_mask
 from wdm_bundle.data.samplers import ResumableSampler
 from wdm_bundle.data.transforms import (
     Placement,
@@ -22,6 +24,9 @@ __all__ = [
     "volume_shape",
     "make_demo_dataset",
     "make_demo_subject",
+    "make_inpainting_dataset",
+    "make_inpainting_subject",
+    "random_healthy_mask",
     "build_datalist",
     "InvalidDataError",
     "resolve_image_size",

@@ -138,3 +138,10 @@ def _from_json(path: Path, base: Path | None, keys: Mapping[str, str | None], sp
             entry[out_key] = str(value if os.path.isabs(value) else base / value)
         entries.append(entry)
     return entries
+
+
+def write_datalist(path: str | os.PathLike, entries: list, num_train: int, **info) -> str:
+    """Write a datalist JSON: ``info`` (description, sizes, ...), then ``entries`` split into training and test."""
+    with open(path, "w") as f:
+        json.dump({**info, "training": entries[:num_train], "test": entries[num_train:]}, f, indent=2)
+    return str(path)

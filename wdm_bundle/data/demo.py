@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
-import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -28,7 +27,9 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
+from wdm_bundle.data.datalists import write_datalist
 from wdm_bundle.data.io import CONTRASTS
+from wdm_bundle.utils import as_bool
 
 __all__ = ["FOV_MM", "SEG_LABELS", "load_mni_templates", "make_demo_dataset", "make_demo_subject"]
 
@@ -250,6 +251,7 @@ def make_demo_subject(
     lesion: bool | None = None,
     lesion_prob: float = 0.5,
     return_tissues: bool = False,
+    return_healthy: bool = False,
 ) -> dict[str, np.ndarray]:
     """Generate one synthetic subject.
 
@@ -262,6 +264,9 @@ def make_demo_subject(
         lesion_prob: probability of a lesion when ``lesion`` is None.
         return_tissues: also return the rendered tissue fractions ``"gm"``, ``"wm"``, ``"csf"``
             (float32 in [0, 1], lesion excluded; with the lesion classes they sum to 1 in the brain).
+        return_healthy: also return the subject rendered without its lesion (same anatomy, intensities, bias,
+            noise): ``"<contrast>_healthy"`` (float32) and ``"lesion_region"`` (bool, the brain voxels whose tissue
+            the lesion changed, ⊇ ``seg > 0``; all False without lesion); outside it ``healthy == image`` exactly.
 
     Returns:
         dict with ``"t1n"``, ``"t1c"``, ``"t2w"``, ``"t2f"`` (float32, shape ``size``, >= 0, exactly
@@ -275,7 +280,7 @@ def make_demo_subject(
     entropy = [int(seed)] if np.isscalar(seed) else [int(s) for s in seed]
     if min(entropy, default=-1) < 0:
         raise ValueError(f"'seed' must be a non-negative int or a non-empty sequence of them; got {seed!r}.")
-    r_choice, r_deform, r_lesion, *r_images = map(np.random.default_rng, np.random.SeedSequence(entropy).spawn(7))
+    r_choice, r_deform, r_lesion = map(np.random.default_rng, (seeds := np.random.SeedSequence(entropy).spawn(7))[:3])
     has_lesion = bool(r_choice.random() < lesion_prob) if lesion is None else bool(lesion)
 
     affine, spacing, pts, gm, wm, csf, mask = _warped_tissues(shape, r_deform)
@@ -283,9 +288,15 @@ def make_demo_subject(
     if has_lesion:
         fracs = tuple(f.reshape(shape).astype(np.float32) for f in _lesion_fractions(r_lesion, pts, spacing))
     fractions, seg = _tissue_classes(gm, wm, csf, mask, fracs)
-    out: dict[str, np.ndarray] = {name: _render(name, rng, fractions, mask) for name, rng in zip(CONTRASTS, r_images)}
-    out["seg"] = seg
-    out["affine"] = affine
+    healthy = _tissue_classes(gm, wm, csf, mask, None)[0] if return_healthy else None
+    out: dict[str, np.ndarray] = {}
+    if healthy is not None:
+        out["lesion_region"] = mask & (fracs[0] > 0) if fracs is not None else np.zeros(shape, bool)
+    for c, s in zip(CONTRASTS, seeds[3:]):
+        out[c] = _render(c, np.random.default_rng(s), fractions, mask)
+        if healthy is not None:  # the same draws (a fresh generator from the same seed), lesion-free tissues
+            out[f"{c}_healthy"] = _render(c, np.random.default_rng(s), healthy, mask)
+    out.update(seg=seg, affine=affine)
     if return_tissues:
         out.update(gm=fractions[0], wm=fractions[1], csf=csf)
     return out
@@ -300,13 +311,34 @@ def _save_nifti(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
 
 
 def _progress(items: Sequence, enabled: bool) -> Iterable:
-    if not enabled:
+    if not as_bool(enabled, "progress"):
         return items
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover - tqdm comes with MONAI in practice
         return items
     return tqdm(items, desc="demo cases", unit="case")
+
+
+def _prepare_dataset(output_dir, num_cases, num_test, size, seed, lesion_prob, overwrite, kind="demo") -> tuple:
+    """Check a data-set writer's arguments (as ``make_demo_dataset``), make the folder: root, shape, the 3 ints."""
+    if int(num_cases) != num_cases or num_cases < 1:
+        raise ValueError(f"'num_cases' must be an int >= 1; got {num_cases!r}.")
+    if int(num_test) != num_test or not 0 <= num_test < num_cases:
+        raise ValueError(f"'num_test' must be an int with 0 <= num_test < num_cases ({num_cases}); got {num_test!r}.")
+    shape = _as_shape(size)
+    if int(seed) != seed or seed < 0:
+        raise ValueError(f"'seed' must be a non-negative int; got {seed!r}.")
+    if not 0.0 <= lesion_prob <= 1.0:
+        raise ValueError(f"'lesion_prob' must be in [0, 1]; got {lesion_prob!r}.")
+    root = Path(output_dir)
+    datalist_path = root / "datalist.json"
+    existing = [datalist_path] if datalist_path.exists() else sorted(p for p in root.glob("BraTS-DEMO-*") if p.is_dir())
+    if existing and not as_bool(overwrite, "overwrite"):  # "false" from a command line is not True
+        message = f"'{root}' already holds a {kind} data set ({existing[0]}); pass overwrite=True to replace it."
+        raise FileExistsError(message)
+    root.mkdir(parents=True, exist_ok=True)
+    return root, shape, int(num_cases), int(num_test), int(seed)
 
 
 def make_demo_dataset(
@@ -335,26 +367,10 @@ def make_demo_dataset(
             folders and ``overwrite`` is False. With ``overwrite=True`` files are replaced, but
             stale case folders of an earlier, larger run are left in place.
     """
-    if int(num_cases) != num_cases or num_cases < 1:
-        raise ValueError(f"'num_cases' must be an int >= 1; got {num_cases!r}.")
-    if int(num_test) != num_test or not 0 <= num_test < num_cases:
-        raise ValueError(f"'num_test' must be an int with 0 <= num_test < num_cases ({num_cases}); got {num_test!r}.")
-    shape = _as_shape(size)
-    if int(seed) != seed or seed < 0:
-        raise ValueError(f"'seed' must be a non-negative int; got {seed!r}.")
-    if not 0.0 <= lesion_prob <= 1.0:
-        raise ValueError(f"'lesion_prob' must be in [0, 1]; got {lesion_prob!r}.")
-    num_cases, num_test, seed = int(num_cases), int(num_test), int(seed)
-    num_train = num_cases - num_test
-
-    root = Path(output_dir)
+    root, shape, num_cases, num_test, seed = _prepare_dataset(
+        output_dir, num_cases, num_test, size, seed, lesion_prob, overwrite
+    )
     datalist_path = root / "datalist.json"
-    existing = [datalist_path] if datalist_path.exists() else sorted(p for p in root.glob("BraTS-DEMO-*") if p.is_dir())
-    if existing and not overwrite:
-        raise FileExistsError(
-            f"'{root}' already holds a demo data set ({existing[0]}); pass overwrite=True to replace it."
-        )
-    root.mkdir(parents=True, exist_ok=True)
 
     entries = []
     for i in _progress(range(num_cases), progress):
@@ -368,18 +384,16 @@ def make_demo_dataset(
             entry[key] = rel
         entries.append(entry)
 
-    datalist = {
-        "description": "Synthetic BraTS-layout brain MR demo data (deformed MNI152 2009a anatomy from nilearn, "
+    return write_datalist(
+        datalist_path,
+        entries,
+        num_cases - num_test,
+        description="Synthetic BraTS-layout brain MR demo data (deformed MNI152 2009a anatomy from nilearn, "
         "optional tumour-like lesion) made by wdm_bundle.data.demo.",
-        "size": list(shape),
-        "spacing": [float(s) for s in np.asarray(FOV_MM) / np.asarray(shape)],
-        "seed": seed,
-        "lesion_prob": float(lesion_prob),
-        "contrasts": list(CONTRASTS),
-        "labels": {str(k): v for k, v in SEG_LABELS.items()},
-        "training": entries[:num_train],
-        "test": entries[num_train:],
-    }
-    with open(datalist_path, "w") as f:
-        json.dump(datalist, f, indent=2)
-    return str(datalist_path)
+        size=list(shape),
+        spacing=[float(s) for s in np.asarray(FOV_MM) / np.asarray(shape)],
+        seed=seed,
+        lesion_prob=float(lesion_prob),
+        contrasts=list(CONTRASTS),
+        labels={str(k): v for k, v in SEG_LABELS.items()},
+    )

@@ -94,6 +94,35 @@ class WaveletDiffusionInferer(DiffusionInferer):
         coder = self._coder(model)
         return coder.encode(coder.decode(x0).clamp(*self.data_range))
 
+    def denoise_step(
+        self,
+        x: torch.Tensor,
+        t: int,
+        t_next: int,
+        diffusion_model: nn.Module,
+        scheduler: Scheduler,
+        conditioning: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        clamp: bool = True,
+    ) -> torch.Tensor:
+        """One reverse step of `sample`: float32 coefficients ``x`` (B, 8C, d, h, w) at timestep ``t`` -> the next
+        sample (``t_next`` is used by rectified flow only; DDPM/DDIM step to their scheduler's previous timestep)."""
+        model_input = x if conditioning is None else torch.cat([x, conditioning.to(x.dtype)], dim=1)
+        timesteps = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        out = diffusion_model(model_input, timesteps=timesteps).float()
+        with torch.autocast(x.device.type, enabled=False):
+            if isinstance(scheduler, RFlowScheduler):
+                frac = t / scheduler.num_train_timesteps
+                x0_output = self.diffusion != Diffusion.RFLOW
+                x0 = out if x0_output else x + out * frac  # x_t = x0 - (t/T) v
+                if clamp:
+                    x0 = self.clamp_x0(x0, diffusion_model)
+                if clamp or x0_output:
+                    out = (x0 - x) / frac
+                return scheduler.step(out, t, x, t_next)[0]
+            x0 = self.clamp_x0(out, diffusion_model) if clamp else out
+            return scheduler.step(x0, t, x, generator=generator)[0]
+
     @torch.no_grad()
     def sample(  # type: ignore[override]
         self,
@@ -116,30 +145,13 @@ class WaveletDiffusionInferer(DiffusionInferer):
         """
         scheduler = scheduler or self.scheduler
         check_sampler(self.diffusion, scheduler, "the network")
-        rflow = isinstance(scheduler, RFlowScheduler)
-        x0_output = self.diffusion != Diffusion.RFLOW
-        if rflow and not hasattr(scheduler, "num_inference_steps"):
+        if isinstance(scheduler, RFlowScheduler) and not hasattr(scheduler, "num_inference_steps"):
             raise ValueError("the RFlowScheduler has no timesteps; call set_timesteps (make_scheduler does).")
         x = input_noise.float()
-        batch = x.shape[0]
         times = [int(t) for t in scheduler.timesteps]
         steps = tqdm(list(zip(times, times[1:] + [0])), desc="denoising", leave=False, disable=not verbose)
         for t, t_next in steps:
-            model_input = x if conditioning is None else torch.cat([x, conditioning.to(x.dtype)], dim=1)
-            timesteps = torch.full((batch,), t, device=x.device, dtype=torch.long)
-            out = diffusion_model(model_input, timesteps=timesteps).float()
-            with torch.autocast(x.device.type, enabled=False):
-                if rflow:
-                    frac = t / scheduler.num_train_timesteps
-                    x0 = out if x0_output else x + out * frac  # x_t = x0 - (t/T) v
-                    if clamp:
-                        x0 = self.clamp_x0(x0, diffusion_model)
-                    if clamp or x0_output:
-                        out = (x0 - x) / frac
-                    x, _ = scheduler.step(out, t, x, t_next)
-                else:
-                    x0 = self.clamp_x0(out, diffusion_model) if clamp else out
-                    x, _ = scheduler.step(x0, t, x, generator=generator)
+            x = self.denoise_step(x, t, t_next, diffusion_model, scheduler, conditioning, generator, clamp)
         if not decode:
             return x
         with torch.autocast(x.device.type, enabled=False):

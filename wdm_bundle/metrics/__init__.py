@@ -13,6 +13,7 @@ from wdm_bundle.metrics.diversity import (
     truncated_ms_ssim_weights,
 )
 from wdm_bundle.metrics.fid import FeatureStatistics, frechet_distance
+from wdm_bundle.metrics.inpainting_baselines import INPAINTING_BASELINES, harmonic_fill, mean_fill
 from wdm_bundle.metrics.med3d import MED3D_FEATURE_DIM, Med3DResNet50, load_med3d_weights, med3d_normalize
 from wdm_bundle.metrics.paired import METRIC_KEYS, normalize_percentiles, paired_metrics
 
@@ -33,3 +34,4 @@ __all__ = [
     "ms_ssim_min_size",
     "truncated_ms_ssim_weights",
 ]
+__all__ += ["INPAINTING_BASELINES", "harmonic_fill", "mean_fill"]
