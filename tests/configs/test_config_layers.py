@@ -45,6 +45,7 @@ COMBINATIONS = {
     ("inference_cwdm.json",): ("infer", {}),
     ("evaluate.json",): (None, {}),
     ("evaluate_synthesis.json",): (None, {}),
+    ("evaluate_inpaint.json",): (None, {}),
     ("inference.json", "inference_exported.json"): ("infer", {}),
 }
 #: keys read by another documented entry point than `run`
@@ -118,6 +119,7 @@ def no_engine_runs(monkeypatch):
     monkeypatch.setattr(engines.ContrastSynthesizer, "run", lambda self, *a, **k: [])
     monkeypatch.setattr(reports.GenerationEvaluator, "run", lambda self, *a, **k: {})
     monkeypatch.setattr(reports, "compare_synthesis", lambda *a, **k: {})
+    monkeypatch.setattr(reports, "evaluate_inpainting", lambda *a, **k: {})
 
 
 @pytest.fixture
