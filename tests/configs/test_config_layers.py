@@ -46,6 +46,7 @@ COMBINATIONS = {
     ("evaluate.json",): (None, {}),
     ("evaluate_synthesis.json",): (None, {}),
     ("evaluate_inpaint.json",): (None, {}),
+    ("inference_inpaint.json",): ("infer", {}),
     ("inference.json", "inference_exported.json"): ("infer", {}),
 }
 #: keys read by another documented entry point than `run`
@@ -117,6 +118,7 @@ def no_engine_runs(monkeypatch):
     monkeypatch.setattr(ignite.engine.Engine, "run", lambda self, *a, **k: None)
     monkeypatch.setattr(engines.VolumeGenerator, "run", lambda self, *a, **k: [])
     monkeypatch.setattr(engines.ContrastSynthesizer, "run", lambda self, *a, **k: [])
+    monkeypatch.setattr(engines.Inpainter, "run", lambda self, *a, **k: [])
     monkeypatch.setattr(reports.GenerationEvaluator, "run", lambda self, *a, **k: {})
     monkeypatch.setattr(reports, "compare_synthesis", lambda *a, **k: {})
     monkeypatch.setattr(reports, "evaluate_inpainting", lambda *a, **k: {})
@@ -157,7 +159,7 @@ def _overrides(files, task, demo_data, tmp_path):
             ROOT, demo_data, ["train.json", "train_cwdm.json", "demo.json"], root / "models" / "unified" / "model.pt"
         )
         return {"bundle_root": str(root), "dataset_dir": str(demo_data)}
-    if "inference.json" in files:
+    if "inference.json" in files or "inference_inpaint.json" in files:
         _save_model(ROOT, demo_data, ["train.json", "demo.json"], root / "models" / "model.pt")
     if "inference_exported.json" in files:  # the documented export command
         subprocess.run(

@@ -17,6 +17,7 @@ from wdm_bundle.engines.generation import (
     write_volume,
 )
 from wdm_bundle.engines.handlers import IterationBudget, PreviewSampler
+from wdm_bundle.engines.inpainting import Inpainter, inpaint_volume, inpainting_preprocessing
 from wdm_bundle.engines.known_records import LEGACY_RECORDS, authors_record
 from wdm_bundle.engines.prepare_batch import SynthesisPrepareBatch, WaveletPrepareBatch, synthesis_inputs
 from wdm_bundle.engines.random_state import random_state, set_random_state
@@ -42,6 +43,9 @@ __all__ = [
     "trained_diffusion",
     "VolumeGenerator",
     "ContrastSynthesizer",
+    "Inpainter",
+    "inpaint_volume",
+    "inpainting_preprocessing",
     "CaseError",
     "CaseResult",
     "write_like",
