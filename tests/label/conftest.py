@@ -113,30 +113,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
-def run_server(label_python: Path, repo_root: Path, studies: Path, tmp: Path, conf: dict, env_extra=None):
-    """Run ``monailabel start_server`` with a copy of the app on 127.0.0.1; yields {url, studies, proc, info, log, app}.
-
-    SIGTERM at the end.
-    """
+def server_command(label_python: Path, repo_root: Path, studies: Path, tmp: Path, conf: dict, host="127.0.0.1"):
+    """``monailabel start_server`` on a copy of the app in ``tmp``, a free port and this checkout's code:
+    (command, environment, port, app folder)."""
     app = tmp / "app"  # a copy: the server writes logs/, bin/, lib/, model/ into its app folder
     app.mkdir()
     shutil.copy(repo_root / "apps" / "monailabel_wdm" / "main.py", app)
     port = _free_port()
-    cmd = [
-        str(label_python),
-        "-m",
-        "monailabel.main",
-        "start_server",
-        "--app",
-        str(app),
-        "--studies",
-        str(studies),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
+    cmd = [str(label_python), "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies)]
+    cmd += ["--host", host, "--port", str(port)]
     for k, v in conf.items():
         cmd += ["--conf", k, v]
     env = {
@@ -144,9 +129,19 @@ def run_server(label_python: Path, repo_root: Path, studies: Path, tmp: Path, co
         "PATH": f"{label_python.parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "PYTHONPATH": str(repo_root),  # this checkout's wdm_bundle, whichever env runs the server
         "MONAI_LABEL_SESSION_PATH": str(tmp / "sessions"),
-        **(env_extra or {}),
     }
     env.pop("VIRTUAL_ENV", None)
+    return cmd, env, port, app
+
+
+@contextlib.contextmanager
+def run_server(label_python: Path, repo_root: Path, studies: Path, tmp: Path, conf: dict, env_extra=None):
+    """Run ``monailabel start_server`` with a copy of the app on 127.0.0.1; yields {url, studies, proc, info, log, app}.
+
+    SIGTERM at the end.
+    """
+    cmd, env, port, app = server_command(label_python, repo_root, studies, tmp, conf)
+    env.update(env_extra or {})
     log_path = tmp / "server.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp)
@@ -214,6 +209,7 @@ def label_spec():
         write_case=write_case,
         make_studies=make_studies,
         run_server=run_server,
+        server_command=server_command,
         post=post_form,
     )
 

@@ -1,8 +1,5 @@
 """Server start-up: a task with unusable weights is left out (the other one serves); no unauthenticated non-loopback."""
 
-import os
-import shutil
-import socket
 import subprocess
 
 import pytest
@@ -39,36 +36,9 @@ def test_a_task_with_unusable_weights_is_left_out(
 
 
 def test_non_loopback_host_without_auth_is_refused(label_python, repo_root, tiny_models, label_spec, tmp_path):
-    app = tmp_path / "app"
-    app.mkdir()
-    shutil.copy(repo_root / "apps" / "monailabel_wdm" / "main.py", app)
     (tmp_path / "studies").mkdir()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [
-        str(label_python),
-        "-m",
-        "monailabel.main",
-        "start_server",
-        "--app",
-        str(app),
-        "--studies",
-        str(tmp_path / "studies"),
-        "--host",
-        "0.0.0.0",
-        "--port",
-        str(port),
-    ]
-    for k, v in _conf(repo_root, label_spec, tiny_models, tiny_models / "model.pt").items():
-        cmd += ["--conf", k, v]
-    env = {
-        **os.environ,
-        "PATH": f"{label_python.parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "PYTHONPATH": str(repo_root),
-        "MONAI_LABEL_SESSION_PATH": str(tmp_path / "sessions"),
-    }
-    env.pop("VIRTUAL_ENV", None)
+    conf = _conf(repo_root, label_spec, tiny_models, tiny_models / "model.pt")
+    cmd, env, _, _ = label_spec.server_command(label_python, repo_root, tmp_path / "studies", tmp_path, conf, "0.0.0.0")
     env.pop("MONAI_LABEL_AUTH_ENABLE", None)
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     out = result.stdout + result.stderr
