@@ -22,6 +22,7 @@ __all__ = [
     "find_cases",
     "is_nifti",
     "list_volumes",
+    "load_nifti",
     "load_volume",
     "nifti_stem",
     "require_folder",
@@ -57,10 +58,16 @@ def volume_shape(path: str | os.PathLike) -> tuple[int, ...]:
     return spatial_shape(nib.load(str(path)).shape)
 
 
+def load_nifti(path: str | os.PathLike) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """The NIfTI image (header, affine) and its (D, H, W) float32 voxels (a trailing singleton 4th dim dropped)."""
+    img = nib.load(str(path))
+    arr = np.asarray(img.dataobj, dtype=np.float32)
+    return img, (arr[..., 0] if spatial_shape(arr.shape) != arr.shape else arr)
+
+
 def load_volume(path: str | os.PathLike) -> np.ndarray:
     """(D, H, W) float32 voxels of a NIfTI file in its own voxel order (a trailing singleton 4th dim dropped)."""
-    arr = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
-    return arr[..., 0] if spatial_shape(arr.shape) != arr.shape else arr
+    return load_nifti(path)[1]
 
 
 def require_folder(folder: str | os.PathLike, name: str) -> Path:

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from wdm_bundle.data.demo_inpainting import MASK_SUFFIX, VOIDED_SUFFIX
-from wdm_bundle.data.io import NIFTI_SUFFIXES, find_cases
+from wdm_bundle.data.io import contrast_files, find_cases, load_nifti
 from wdm_bundle.data.transforms import invert_framing
 from wdm_bundle.diffusion import unwrap_model
 from wdm_bundle.diffusion.repaint import RePaintInferer
@@ -219,19 +219,16 @@ class Inpainter:
         return find_cases(self.input_dir, "input_dir", require_nifti=False)
 
     def _read(self, case_dir: Path, key: str) -> tuple[nib.Nifti1Image, np.ndarray]:
-        name = f"{case_dir.name}{self.suffixes[key]}"
-        found = [p for p in (case_dir / f"{name}{ext}" for ext in NIFTI_SUFFIXES) if p.is_file()]
-        if not found:
-            raise CaseError(f"no {key} file '{case_dir / name}.nii.gz' (or .nii).")
+        suffix = self.suffixes[key].lstrip("-")
+        path = contrast_files(case_dir, case_dir.name, [suffix]).get(suffix)
+        if path is None:
+            raise CaseError(f"no {key} file '{case_dir / case_dir.name}-{suffix}.nii.gz' (or .nii).")
         try:
-            img = nib.load(found[0])
-            data = np.asarray(img.get_fdata(dtype=np.float32))
+            img, data = load_nifti(path)
         except Exception as e:
-            raise CaseError(f"{found[0]}: cannot be read as NIfTI ({type(e).__name__}: {e})") from e
-        if data.ndim == 4 and data.shape[3] == 1:
-            data = data[..., 0]
+            raise CaseError(f"{path}: cannot be read as NIfTI ({type(e).__name__}: {e})") from e
         if data.ndim != 3 or not np.isfinite(data).all():
-            raise CaseError(f"{found[0]}: expected a finite 3D volume, got shape {data.shape}.")
+            raise CaseError(f"{path}: expected a finite 3D volume, got shape {data.shape}.")
         return img, data
 
     def load_inputs(self, case_dir: Path) -> tuple[nib.Nifti1Image, np.ndarray, np.ndarray]:
