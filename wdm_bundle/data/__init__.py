@@ -3,6 +3,7 @@
 from wdm_bundle.data.datalists import build_datalist
 from wdm_bundle.data.demo import make_demo_dataset, make_demo_subject
 from wdm_bundle.data.demo_inpainting import make_inpainting_dataset, make_inpainting_subject
+from wdm_bundle.data.inpainting_transforms import inpainting_framing, inpainting_training_preprocessing
 from wdm_bundle.data.io import CONTRASTS, NIFTI_SUFFIXES, find_case_files, find_cases, load_volume, volume_shape
 from wdm_bundle.data.masks import random_healthy_mask
 from wdm_bundle.data.samplers import ResumableSampler
@@ -26,6 +27,8 @@ __all__ = [
     "make_demo_subject",
     "make_inpainting_dataset",
     "make_inpainting_subject",
+    "inpainting_framing",
+    "inpainting_training_preprocessing",
     "random_healthy_mask",
     "build_datalist",
     "InvalidDataError",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from wdm_bundle.data.io import NIFTI_SUFFIXES, find_case_files, find_cases, is_nifti, nifti_stem
@@ -34,6 +34,7 @@ def build_datalist(
     datalist: str | os.PathLike | None = None,
     keys: Mapping[str, str | None] | None = None,
     split: str = "training",
+    optional: Sequence[str] = (),
 ) -> list[dict[str, str]]:
     """Build a list of ``{key: file}`` dicts for MONAI datasets.
 
@@ -48,7 +49,8 @@ def build_datalist(
       ``keys``; when files are named ``<case>-<contrast>.nii.gz`` (t1n, t1c, t2w, t2f, seg, ...), only
       those of the requested suffix (e.g. ``{"image": "t1n"}``) are taken, and none is an error.
 
-    Each entry also gets ``"case"`` (the case name).
+    Each entry also gets ``"case"`` (the case name). Keys in ``optional`` are left out of an entry whose
+    case has no such file (e.g. the inpainting challenge's ``-mask-healthy``, drawn at random where missing).
 
     Raises:
         FileNotFoundError: a missing folder or JSON file, named.
@@ -56,7 +58,7 @@ def build_datalist(
     """
     keys = dict(keys) if keys else {"image": None}
     if datalist:
-        return _from_json(Path(datalist), Path(dataset_dir) if dataset_dir else None, keys, split)
+        return _from_json(Path(datalist), Path(dataset_dir) if dataset_dir else None, keys, split, optional)
     if dataset_dir is None:
         raise ValueError(
             "give either 'dataset_dir' (a folder of NIfTI files or case folders) or 'datalist' (a JSON file)."
@@ -72,7 +74,7 @@ def build_datalist(
             for out_key, suffix in keys.items():
                 if suffix in files:
                     entry[out_key] = files[suffix]
-                else:
+                elif out_key not in optional:
                     problems.append(f"{case}: no '{case.name}-{suffix}.nii.gz' (has: {', '.join(files) or 'nothing'})")
             entries.append(entry)
         if problems:
@@ -123,7 +125,9 @@ def read_split(path: str | os.PathLike, split: str) -> list:
     return items
 
 
-def _from_json(path: Path, base: Path | None, keys: Mapping[str, str | None], split: str) -> list[dict[str, str]]:
+def _from_json(
+    path: Path, base: Path | None, keys: Mapping[str, str | None], split: str, optional: Sequence[str] = ()
+) -> list[dict[str, str]]:
     items = read_split(path, split)
     base = base if base is not None else path.parent
     entries = []
@@ -133,6 +137,8 @@ def _from_json(path: Path, base: Path | None, keys: Mapping[str, str | None], sp
         entry = {"case": str(item.get("case", i))}
         for out_key, source in keys.items():
             value = item.get(out_key, item.get(source) if source else None)
+            if value is None and out_key in optional:
+                continue
             if value is None:
                 raise ValueError(f"datalist '{path}', {split}[{i}]: no '{out_key}' or '{source}' entry.")
             entry[out_key] = str(value if os.path.isabs(value) else base / value)

@@ -17,9 +17,17 @@ from wdm_bundle.engines.generation import (
     write_volume,
 )
 from wdm_bundle.engines.handlers import IterationBudget, PreviewSampler
-from wdm_bundle.engines.inpainting import Inpainter, inpaint_volume, inpainting_preprocessing
+from wdm_bundle.engines.inpainter import Inpainter
+from wdm_bundle.engines.inpainting import inpaint_volume, inpainting_inferer, inpainting_preprocessing
 from wdm_bundle.engines.known_records import LEGACY_RECORDS, authors_record
-from wdm_bundle.engines.prepare_batch import SynthesisPrepareBatch, WaveletPrepareBatch, synthesis_inputs
+from wdm_bundle.engines.prepare_batch import (
+    InpaintingPrepareBatch,
+    SynthesisPrepareBatch,
+    WaveletPrepareBatch,
+    coefficient_mask,
+    inpainting_condition,
+    synthesis_inputs,
+)
 from wdm_bundle.engines.random_state import random_state, set_random_state
 from wdm_bundle.engines.record import load_record, read_record, recorded_network, training_record
 from wdm_bundle.engines.record_schema import Task, schedule_settings, validate_record
@@ -29,6 +37,9 @@ from wdm_bundle.engines.tracking import connect_tracking
 __all__ = [
     "WaveletPrepareBatch",
     "SynthesisPrepareBatch",
+    "InpaintingPrepareBatch",
+    "inpainting_condition",
+    "coefficient_mask",
     "synthesis_inputs",
     "IterationBudget",
     "PreviewSampler",
@@ -45,6 +56,7 @@ __all__ = [
     "ContrastSynthesizer",
     "Inpainter",
     "inpaint_volume",
+    "inpainting_inferer",
     "inpainting_preprocessing",
     "CaseError",
     "CaseResult",

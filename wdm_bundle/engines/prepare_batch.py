@@ -13,7 +13,14 @@ from monai.networks.schedulers import RFlowScheduler, Scheduler
 from wdm_bundle.diffusion.schedulers import Diffusion, velocity_from_x0
 from wdm_bundle.wavelets import HaarWavelet3D
 
-__all__ = ["WaveletPrepareBatch", "SynthesisPrepareBatch", "synthesis_inputs"]
+__all__ = [
+    "WaveletPrepareBatch",
+    "SynthesisPrepareBatch",
+    "InpaintingPrepareBatch",
+    "synthesis_inputs",
+    "inpainting_condition",
+    "coefficient_mask",
+]
 
 
 def _plain(x: torch.Tensor) -> torch.Tensor:
@@ -190,3 +197,63 @@ def synthesis_inputs(
         keep = ~onehot.bool()
         condition = per_contrast[keep].reshape(b, n * (k - 1), *spatial)
     return x0, condition
+
+
+def coefficient_mask(mask: torch.Tensor) -> torch.Tensor:
+    """(B, 1, D, H, W) image mask -> (B, 1, D/2, H/2, W/2) float {0, 1}: 1 where any voxel of the 2x2x2 block that
+    a wavelet coefficient covers is masked (non-zero)."""
+    return torch.nn.functional.max_pool3d((mask != 0).float(), kernel_size=2)
+
+
+def inpainting_condition(wavelet: HaarWavelet3D, voided: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The inpainting model's condition: DWT of the voided image and of the binary mask (mask > 0), both (B, 1, D, H, W)
+    in the model's grid -> (B, 16, D/2, H/2, W/2)."""
+    return torch.cat([wavelet.encode(voided), wavelet.encode((mask > 0).to(voided.dtype))], dim=1)
+
+
+class InpaintingPrepareBatch(WaveletPrepareBatch):
+    """Inpainting batches: the target is the whole ``image``; the condition is `inpainting_condition` of ``voided`` and
+    ``mask`` (keys of the batch, each (B, 1, D, H, W); see `wdm_bundle.data.inpainting_training_preprocessing`).
+
+    The returned target has one more channel than the model's output: `coefficient_mask` of the mask, which
+    `wdm_bundle.diffusion.InpaintingLoss` uses to weight the loss (SupervisedTrainer passes the target, not the batch,
+    to the loss).
+
+    Args:
+        num_train_timesteps, wavelet, diffusion, scheduler: as `WaveletPrepareBatch`.
+        image_key, voided_key, mask_key: batch keys.
+    """
+
+    def __init__(
+        self,
+        num_train_timesteps: int,
+        wavelet: HaarWavelet3D,
+        image_key: str = "image",
+        voided_key: str = "voided",
+        mask_key: str = "mask",
+        diffusion: str = Diffusion.DDPM,
+        scheduler: Scheduler | None = None,
+    ) -> None:
+        super().__init__(num_train_timesteps, wavelet, image_key=image_key, diffusion=diffusion, scheduler=scheduler)
+        self.voided_key, self.mask_key = voided_key, mask_key
+
+    def get_inputs(
+        self, batchdata: Mapping[str, torch.Tensor], to_device: Callable[[torch.Tensor], torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clean coefficients of the image and the condition, encoded on the device."""
+        x0 = self.wavelet.encode(to_device(batchdata[self.image_key]))
+        condition = inpainting_condition(
+            self.wavelet, to_device(batchdata[self.voided_key]), to_device(batchdata[self.mask_key])
+        )
+        return x0, condition
+
+    def __call__(
+        self,
+        batchdata: Mapping[str, torch.Tensor],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
+        x0, target, args, infer_kwargs = super().__call__(batchdata, device, non_blocking, **kwargs)
+        mask = _plain(batchdata[self.mask_key]).to(device, non_blocking=non_blocking, **kwargs)
+        return x0, torch.cat([target, coefficient_mask(mask).to(target.dtype)], dim=1), args, infer_kwargs

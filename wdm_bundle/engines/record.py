@@ -42,6 +42,14 @@ __all__ = ["training_record", "read_record", "load_record", "recorded_network"]
 logger = logging.getLogger(__name__)
 
 
+#: The inference config of each task's models.
+INFERENCE_CONFIGS = {
+    Task.GENERATION: "inference.json",
+    Task.SYNTHESIS: "inference_cwdm.json",
+    Task.INPAINTING: "inference_inpaint.json",
+}
+
+
 def _scheduler_settings(scheduler: Scheduler) -> dict[str, Any]:
     config = getattr(scheduler, "schedule_config", None)
     if not isinstance(config, Mapping):
@@ -128,7 +136,7 @@ def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
 
 def load_record(
     ckpt: str | os.PathLike | Sequence[str | os.PathLike] | Mapping[str, str | os.PathLike],
-    task: str,
+    task: str | Sequence[str],
     given: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The settings to sample a checkpoint with: its record, checked against the config's values.
@@ -136,7 +144,8 @@ def load_record(
     Args:
         ckpt: the weight file, or several (cWDM per-contrast models, ``{contrast: file}``): their
             records must agree on everything but ``target_contrast`` and the network.
-        task: `Task` the config runs; a checkpoint of the other task is refused.
+        task: `Task` the config runs, or several it accepts (the first with a former default is assumed for a
+            file without a record); a checkpoint of another task is refused.
         given: config values of recorded settings (None = "as recorded"); a value that differs from
             the record is refused, naming both.
 
@@ -149,7 +158,8 @@ def load_record(
     Raises:
         ValueError: a contradiction (every one is listed), records that disagree, or a wrong task.
     """
-    task = Task(task).value
+    tasks = [Task(t).value for t in ([task] if isinstance(task, str) else task)]
+    task = next((t for t in tasks if t in LEGACY_RECORDS), tasks[0])
     if isinstance(ckpt, Mapping):
         paths = [Path(p) for p in ckpt.values()]
     elif isinstance(ckpt, (list, tuple)):
@@ -176,12 +186,12 @@ def load_record(
         return {**record, "assumed": True}
     path, record = recorded[0]
     if record.get("spacing") is None:  # recorded before the voxel size was: the given one, else the former default
-        spacing = plain(given.get("spacing")) or LEGACY_RECORDS[task].get("spacing")
+        spacing = plain(given.get("spacing")) or LEGACY_RECORDS.get(record["task"], {}).get("spacing")
         record = validate_record({**record, "spacing": spacing}, f"'{path}' with spacing {spacing}")
-    if record["task"] != task:
+    if record["task"] not in tasks:
         raise ValueError(
             f"'{path}' is a {record['task']} model; use the {record['task']} configs "
-            f"({'inference.json' if record['task'] == Task.GENERATION else 'inference_cwdm.json'})."
+            f"({INFERENCE_CONFIGS[record['task']]})."
         )
     for other, r in recorded[1:]:
         diff = compare_records({k: v for k, v in r.items() if k not in ("target_contrast", "network")}, record)

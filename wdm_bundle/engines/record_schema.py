@@ -27,10 +27,12 @@ RECORD_VERSION = 1
 
 
 class Task(StrEnum):
-    """What a model does: ``generation`` (WDM, unconditional) or ``synthesis`` (cWDM, missing contrast)."""
+    """What a model does: ``generation`` (WDM, unconditional), ``synthesis`` (cWDM, missing contrast) or
+    ``inpainting`` (conditioned on a voided image and its mask)."""
 
     GENERATION = "generation"
     SYNTHESIS = "synthesis"
+    INPAINTING = "inpainting"
 
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
