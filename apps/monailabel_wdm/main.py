@@ -1,4 +1,5 @@
-"""MONAI Label app serving this bundle: ``synthesis`` (cWDM, missing contrast) and ``generation`` (WDM).
+"""MONAI Label app serving this bundle: ``synthesis`` (cWDM, missing contrast), ``generation`` (WDM) and
+``inpainting`` (a voided image and its mask in, the inpainted image out).
 
     monailabel start_server --app apps/monailabel_wdm --studies /data/BraTS --host 127.0.0.1 \\
         --conf synthesis#ckpt_dir models
@@ -7,11 +8,14 @@ Conf keys (``--conf key value``; values are JSON when they parse, e.g. ``10``, `
     bundle_root          bundle folder with configs/ (default: two folders above this app)
     synthesis_configs    comma-separated config files (default configs/inference_cwdm.json)
     generation_configs   comma-separated config files (default configs/inference.json)
+    inpainting_configs   comma-separated config files (default configs/inference_inpaint.json)
     synthesis#<id>       override config id <id> of the synthesis configs, e.g. synthesis#ckpt_dir,
                          synthesis#sampler, synthesis#num_inference_steps, synthesis#network_def#channels
     generation#<id>      the same for generation, e.g. generation#ckpt_path, generation#image_size
+    inpainting#<id>      the same for inpainting, e.g. inpainting#ckpt_path, inpainting#sampler, inpainting#jump_length
     max_inference_steps  most sampling steps one request may take (default 1000); more: 422
     max_voxels           most voxels of an input or generated volume (default 256**3); more: 413
+    max_network_calls    most network evaluations of one inpainting request (default 10 x max_inference_steps); more: 422
     max_queue            most requests queued or running (default 4); more: 429
     max_upload_mb        largest upload (default 512); more: 413
     cors_origins         comma-separated browser origins allowed cross-origin (default none); used when
@@ -28,6 +32,7 @@ import os
 import shutil
 import sys
 import tempfile
+from dataclasses import replace
 
 from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
@@ -84,6 +89,8 @@ class WDMApp(MONAILabelApp):
             max_inference_steps=_conf_int(conf, "max_inference_steps", Limits.max_inference_steps),
             max_voxels=_conf_int(conf, "max_voxels", Limits.max_voxels),
         )
+        if conf.get("max_network_calls") not in (None, ""):
+            self.limits = replace(self.limits, max_network_calls=_conf_int(conf, "max_network_calls", None))
         origins = tuple(o.strip() for o in str(conf.get("cors_origins", "")).split(",") if o.strip())
         self.server_settings = ServerSettings(
             max_queue=_conf_int(conf, "max_queue", ServerSettings.max_queue),
@@ -100,7 +107,7 @@ class WDMApp(MONAILabelApp):
             studies=studies,
             conf=conf,
             name="wdm-bundle",
-            description="3D wavelet diffusion: missing-contrast synthesis (cWDM), generation (WDM)",
+            description="3D wavelet diffusion: missing-contrast synthesis (cWDM), generation (WDM), inpainting",
         )
         server = sys.modules.get("monailabel.app")  # the running server's FastAPI app (absent in CLI use)
         if server is not None and hasattr(server, "app"):

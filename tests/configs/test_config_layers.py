@@ -30,6 +30,7 @@ COMBINATIONS = {
     ("train.json", "demo.json", "multi_gpu_train.json"): ("train", {}),
     ("train.json", "train_cwdm.json"): ("train", {"pad_crop_size": None}),
     ("train.json", "train_cwdm.json", "demo.json"): ("train", {}),
+    ("train.json", "train_inpaint.json", "demo.json"): ("train", {}),
     ("train.json", "train_cwdm.json", "multi_gpu_train.json"): ("train", {"pad_crop_size": None}),
     ("train.json", "train_cwdm.json", "cwdm_unet_backbone.json"): (
         "train",
@@ -159,8 +160,11 @@ def _overrides(files, task, demo_data, tmp_path):
             ROOT, demo_data, ["train.json", "train_cwdm.json", "demo.json"], root / "models" / "unified" / "model.pt"
         )
         return {"bundle_root": str(root), "dataset_dir": str(demo_data)}
-    if "inference.json" in files or "inference_inpaint.json" in files:
+    if "inference.json" in files:
         _save_model(ROOT, demo_data, ["train.json", "demo.json"], root / "models" / "model.pt")
+    if "inference_inpaint.json" in files:
+        inpaint = ["train.json", "train_inpaint.json", "demo.json"]
+        _save_model(ROOT, demo_data, inpaint, root / "models" / "inpainting" / "model.pt")
     if "inference_exported.json" in files:  # the documented export command
         subprocess.run(
             [

@@ -181,3 +181,44 @@ def test_bad_samplers_and_sizes_are_refused():
     with pytest.raises(ValueError, match="divisible by 16"):
         inferer.inpaint(image, mask, model, verbose=False)
     assert model.calls == 0
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+def test_spaced_ddim_noises_the_known_region_to_the_chains_level(spacing, monkeypatch):
+    """With "leading"/"trailing" DDIM RePaint uses the scheduler's own timesteps; each reverse step calls the model at
+    the chain's level, lands (float64 DDIM formula) on the next listed one, where the known region is noised."""
+    scheduler = make_scheduler("ddim", 4, num_train_timesteps=T, timestep_spacing=spacing)
+    times = RePaintInferer.timesteps_of(scheduler)
+    assert times == scheduler.timesteps.tolist() == ([19, 14, 9, 4] if spacing == "trailing" else [15, 10, 5, 0])
+    assert RePaintInferer.timesteps_of(make_scheduler("ddim", 4, num_train_timesteps=T)) == [15, 10, 5, 0]  # linspace
+    image, mask = _image(batch=1), _mask()
+    x0 = CODER.encode(image)
+    model = AffineOracle(x0 * 0.5, num_train_timesteps=T)
+    inferer = RePaintInferer(scheduler, jump_length=1, jump_n_sample=2)
+    calls, known_levels = [], []
+    forward, noise_known = model.forward, inferer.noise_known
+    monkeypatch.setattr(model, "forward", lambda x, timesteps: calls.append(int(timesteps[0])) or forward(x, timesteps))
+    monkeypatch.setattr(
+        inferer, "noise_known", lambda x, level, *a: known_levels.append(level) or noise_known(x, level, *a)
+    )
+    inferer.inpaint(image, mask, model, generator=torch.Generator().manual_seed(0), verbose=False)
+    levels = resampling_schedule(times, 1, 2)
+    downs = [(a, b) for a, b in zip(levels, levels[1:]) if b < a]
+    assert calls == [a for a, _ in downs] and known_levels == [b for _, b in downs]
+    assert all(scheduler.previous_timestep(a) == b for a, b in downs)
+    # one step from the first level: generated region = DDIM to the next level, known region = q(x_next | x0)
+    level, to = times[0], times[1]
+    x = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    out = CODER.decode(
+        inferer.reverse_step(x, level, to, x0, mask.bool(), model, scheduler, torch.Generator().manual_seed(2))
+    )
+    ab = _alpha_bar64()
+    pred = model.reference(x.double().numpy(), level)
+    pred = CODER.encode(CODER.decode(torch.from_numpy(pred)).clamp(-1, 1)).double()  # the image-space clamp
+    eps_hat = (x.double() - math.sqrt(ab[level]) * pred) / math.sqrt(1 - ab[level])
+    generated = CODER.decode(math.sqrt(ab[to]) * pred + math.sqrt(1 - ab[to]) * eps_hat)
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(2)).double()
+    known = CODER.decode(math.sqrt(ab[to]) * x0.double() + math.sqrt(1 - ab[to]) * eps)
+    inside = mask.bool()
+    torch.testing.assert_close(out[inside].double(), generated[inside], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[~inside].double(), known[~inside], atol=1e-6, rtol=0)

@@ -1,4 +1,5 @@
-"""Zero-shot inpainting (RePaint with a WDM model) of case folders: geometry, exactness, per-case errors."""
+"""Inpainting of case folders, with a conditional inpainting model or zero-shot (RePaint with a WDM model): geometry,
+exactness, per-case errors."""
 
 import json
 import subprocess
@@ -10,16 +11,26 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
+from monai.data import MetaTensor
 from oracles import Oracle
 
 from wdm_bundle.data.demo_inpainting import make_inpainting_dataset
-from wdm_bundle.diffusion import RePaintInferer, make_scheduler
-from wdm_bundle.engines import LEGACY_RECORDS, Inpainter, atomic_save, inpaint_volume, validate_record
+from wdm_bundle.diffusion import RePaintInferer, WaveletDiffusionInferer, make_scheduler
+from wdm_bundle.engines import (
+    LEGACY_RECORDS,
+    Inpainter,
+    atomic_save,
+    inpaint_volume,
+    inpainting_inferer,
+    inpainting_preprocessing,
+    validate_record,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAPE = (37, 41, 29)  # odd sizes: the symmetric pad's odd voxel goes after
 FRAME, GRID = [48, 32, 48], [24, 16, 24]  # in RAS axis order (the input is 41 x 29 x 37 there); area resize by 2
 RAS = np.array([[0, 1], [1, 1], [2, 1]])
+INPAINT_CONFIGS = ["train.json", "train_inpaint.json", "demo.json"]
 
 
 def _record(**kw):
@@ -73,10 +84,20 @@ def _target(data_range=(-1.0, 1.0)):
     return (lo + (hi - lo) * (0.05 + 0.9 * t)).float()
 
 
-def _oracle_and_inferer(target, sampler="ddim", steps=4, jump_length=1, jump_n_sample=2):
+class ConditionedOracle(Oracle):
+    """`Oracle` that keeps the channels it was given last: x_t (8) and the inpainting condition (16)."""
+
+    out_channels = 8
+
+    def forward(self, x, timesteps, context=None):
+        self.last_input = x
+        return super().forward(x, timesteps, context)
+
+
+def _oracle_and_inferer(target, sampler="ddim", steps=4, jump_length=1, jump_n_sample=2, task="generation"):
     scheduler = make_scheduler(sampler, steps)
-    inferer = RePaintInferer(scheduler, (-1.0, 1.0), jump_length=jump_length, jump_n_sample=jump_n_sample)
-    oracle = Oracle(None)
+    inferer = inpainting_inferer(_record(task=task), scheduler, jump_length, jump_n_sample)
+    oracle = ConditionedOracle(None)
     oracle.target = inferer._coder(oracle).encode(target)
     return oracle, inferer, scheduler
 
@@ -98,13 +119,37 @@ def _expected(target, voided, mask, affine, clip=(0.1, 99.9), data_range=(-1.0, 
     return np.where(mask != 0, values, voided), p_hi - p_lo
 
 
-def test_inpaint_volume_is_the_oracle_inside_and_the_input_outside():
+def test_inferer_suits_the_record():
+    scheduler = make_scheduler("ddim", 4)
+    assert isinstance(inpainting_inferer(_record(), scheduler, 1, 2), RePaintInferer)
+    conditional = inpainting_inferer(_record(task="inpainting"), scheduler)
+    assert type(conditional) is WaveletDiffusionInferer and conditional.data_range == (-1.0, 1.0)
+    with pytest.raises(ValueError, match="synthesis model; inpainting needs"):
+        inpainting_inferer({**_record(), "task": "synthesis"}, scheduler)
+    voided, mask = _case_arrays()
+    with pytest.raises(ValueError, match="needs a RePaintInferer"):
+        inpaint_volume(Oracle(None), conditional, voided, mask, _record())
+
+
+@pytest.mark.parametrize("task", ["generation", "inpainting"])
+def test_inpaint_volume_is_the_oracle_inside_and_the_input_outside(task):
     voided, mask = _case_arrays()
     target = _target()
-    oracle, inferer, scheduler = _oracle_and_inferer(target)
-    out = inpaint_volume(
-        oracle, inferer, voided, mask, _record(), 3, "c", scheduler=scheduler, affine=_oblique_affine()
-    )
+    oracle, inferer, scheduler = _oracle_and_inferer(target, task=task)
+    record = _record(task=task)
+    out = inpaint_volume(oracle, inferer, voided, mask, record, 3, "c", scheduler=scheduler, affine=_oblique_affine())
+    if task == "inpainting":  # x_t, then the DWT of the framed voided image and of the model-grid mask
+        affine = torch.as_tensor(_oblique_affine())
+        items = {
+            k: MetaTensor(torch.from_numpy(v.astype(np.float32)), affine=affine)
+            for k, v in [("image", voided), ("mask", mask)]
+        }
+        framed = inpainting_preprocessing(record)(items)
+        condition = oracle.last_input[0, 8:]
+        decoded = [oracle.wavelet.decode(condition[None, i : i + 8])[0, 0] for i in (0, 8)]
+        assert oracle.last_input.shape[1] == 24
+        torch.testing.assert_close(decoded[0], framed["image"][0].as_tensor(), rtol=0, atol=1e-6)
+        torch.testing.assert_close(decoded[1], (framed["mask"][0] > 0).float().as_tensor(), rtol=0, atol=1e-6)
     assert out.shape == SHAPE and out.dtype == np.float32
     assert np.array_equal(out[mask == 0], voided[mask == 0])  # bit for bit
     expected, scale = _expected(target, voided, mask, _oblique_affine())
@@ -195,19 +240,28 @@ def test_no_cases_and_masks_cut_off_by_the_frame_fail(tmp_path):
 
 
 @pytest.mark.slow
-def test_config_runs_end_to_end(tmp_path):
-    data = tmp_path / "data"
+@pytest.mark.parametrize(
+    "configs, ckpt_args",
+    [(["train.json", "demo.json"], ["--ckpt_path", "{bundle}/models/model.pt"]), (INPAINT_CONFIGS, [])],
+    ids=["repaint", "conditional"],
+)
+def test_config_runs_end_to_end(tmp_path, configs, ckpt_args):
+    """configs/inference_inpaint.json with a WDM model (RePaint) or, by default, the conditional inpainting model."""
+    data, bundle = tmp_path / "data", tmp_path / "bundle"
     make_inpainting_dataset(data, num_cases=2, num_test=1, size=32, progress=False)
     parser = ConfigParser()
-    parser.read_config([str(ROOT / "configs" / c) for c in ["train.json", "demo.json"]])
-    parser.update({"dataset_dir": str(data), "bundle_root": str(tmp_path / "bundle")})
-    state = parser.get_parsed_content("network_def").state_dict()
-    ckpt = tmp_path / "bundle" / "models" / "model.pt"
+    parser.read_config([str(ROOT / "configs" / c) for c in configs])
+    parser.update({"dataset_dir": str(data), "bundle_root": str(bundle)})
+    net = parser.get_parsed_content("network_def")
+    state = {k: torch.randn_like(v) * 0.05 if v.is_floating_point() else v for k, v in net.state_dict().items()}
+    record = parser.get_parsed_content("record")
+    ckpt = Path(parser.get_parsed_content("ckpt_dir")) / "model.pt"
     ckpt.parent.mkdir(parents=True)
-    atomic_save({"model": state, "ema": state, "iteration": 2, "record": parser.get_parsed_content("record")}, ckpt)
+    atomic_save({"model": state, "ema": state, "iteration": 2, "record": record}, ckpt)
     args = ["--config_file", "configs/inference_inpaint.json", "--input_dir", str(data)]
-    args += ["--bundle_root", str(tmp_path / "bundle"), "--sampler", "ddim", "--num_inference_steps", "3"]
+    args += ["--bundle_root", str(bundle), "--sampler", "ddim", "--num_inference_steps", "3"]
     args += ["--jump_length", "1", "--jump_n_sample", "2", "--progress", "false"]
+    args += [a.format(bundle=bundle) for a in ckpt_args]
     cmd = [sys.executable, "-m", "monai.bundle", "run", "inference", *args]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -219,3 +273,48 @@ def test_config_runs_end_to_end(tmp_path):
         data_out, voided = out.get_fdata(dtype=np.float32), ref.get_fdata(dtype=np.float32)
         assert out.shape == ref.shape and np.array_equal(data_out[~mask], voided[~mask])
         assert np.isfinite(data_out).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["generation", "inpainting"])
+def test_brats_sized_oblique_case_round_trips(tmp_path, task):
+    """A BraTS-sized case (240 x 240 x 155, axes flipped and 12 degrees oblique) through `Inpainter`: the output has
+    the input's shape, affine and header, the input's voxels outside the mask bit for bit, and inside it the model's
+    values in the input's units (within the voided image's clip range)."""
+    shape = (240, 240, 155)
+    angle = np.deg2rad(12)
+    rot = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([-1.0, -1.0, 1.0])  # LPS-like storage, as BraTS files
+    affine[:3, 3] = [119.5, 119.5, -77.0]
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    brain = ((grid / np.array([0.8, 0.9, 0.8])[:, None, None, None]) ** 2).sum(0) < 1
+    rng = np.random.default_rng(0)
+    image = np.where(brain, 300 + 200 * grid[0] + rng.normal(0, 20, shape), 0).astype(np.float32)
+    mask = (((grid - np.array([0.2, -0.1, 0.1])[:, None, None, None]) / 0.15) ** 2).sum(0) < 1
+    root, out_dir = tmp_path / "in", tmp_path / "out"
+    _save(root / "case" / "case-t1n-voided.nii.gz", np.where(mask, 0, image).astype(np.float32), affine)
+    _save(root / "case" / "case-mask.nii.gz", mask.astype(np.uint8), affine)
+
+    record = _record(task=task, pad_crop_size=[240, 240, 160], image_size=[48, 48, 32])
+    scheduler = make_scheduler("ddim", 2)
+    inferer = inpainting_inferer(record, scheduler, 1, 1)
+    oracle = ConditionedOracle(None)
+    target = torch.rand(1, 1, 48, 48, 32, generator=torch.Generator().manual_seed(1)) * 1.8 - 0.9
+    oracle.target = oracle.wavelet.encode(target)
+    results = Inpainter(oracle, inferer, scheduler, record, root, out_dir, progress=False).run()
+    assert [r.status for r in results] == ["ok"]
+
+    ref = nib.load(root / "case" / "case-t1n-voided.nii.gz")
+    out = nib.load(out_dir / "case-t1n-inference.nii.gz")
+    assert out.shape == shape and out.get_data_dtype() == np.float32
+    np.testing.assert_array_equal(out.affine, ref.affine)
+    assert out.header["descrip"] == ref.header["descrip"]
+    assert out.get_qform(coded=True)[1] == ref.get_qform(coded=True)[1]
+    assert out.get_sform(coded=True)[1] == ref.get_sform(coded=True)[1]
+    data, voided = out.get_fdata(dtype=np.float32), ref.get_fdata(dtype=np.float32)
+    assert np.array_equal(data[~mask], voided[~mask])
+    p_lo, p_hi = np.percentile(voided, record["clip_percentiles"])
+    inside = data[mask]
+    assert np.isfinite(inside).all() and inside.min() >= p_lo - 1e-3 and inside.max() <= p_hi + 1e-3
+    assert inside.std() > 0.05 * (p_hi - p_lo)  # the oracle's random tissue, not a constant

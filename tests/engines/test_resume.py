@@ -46,8 +46,10 @@ def _train(repo_root, configs, root, demo_data, num_iterations, **override):
         (["train.json", "demo.json"], {"image_size": [16, 16, 16]}),
         # the unified cWDM model also draws each sample's target contrast
         (["train.json", "train_cwdm.json", "demo.json"], {"pad_crop_size": [16, 16, 16]}),
+        # the BraTS demo cases have no -mask-healthy: the inpainting model draws a random mask per item
+        (["train.json", "train_inpaint.json", "demo.json"], {"image_size": [16, 16, 16]}),
     ],
-    ids=["wdm", "cwdm_unified"],
+    ids=["wdm", "cwdm_unified", "inpainting_random_masks"],
 )
 def test_resume_is_exact(repo_root, demo_data, tmp_path, configs, override):
     straight = _train(repo_root, configs, tmp_path / "straight", demo_data, N, **override)

@@ -27,6 +27,10 @@ from wdm_bundle.engines import LEGACY_RECORDS, atomic_save, recorded_network, va
 CONTRASTS = ["t1n", "t1c", "t2w", "t2f"]
 SYNTHESIS_CONFIGS = ["configs/inference_cwdm.json"]
 GENERATION_CONFIGS = ["configs/inference.json"]
+INPAINTING_CONFIGS = ["configs/inference_inpaint.json"]
+#: RePaint settings of the tests' inpainting requests: 3 DDIM steps, each of 2 segments redone once: 5 network calls.
+INPAINTING_FAST = {"sampler": "ddim", "num_inference_steps": 3, "jump_length": 1, "jump_n_sample": 2}
+INPAINT_SHAPE = (31, 29, 27)  # odd, and not the model's 32^3: the app resizes, inpaints and maps back
 DEMO_NETWORK = {"channels": [16, 32, 32], "num_res_blocks": 1, "norm_num_groups": 8}  # configs/demo*.json
 SHAPE = (30, 28, 26)  # not a multiple of the network's 4: the app pads, samples and crops back
 
@@ -50,10 +54,20 @@ def _randomised(net: torch.nn.Module, seed: int) -> dict:
     }
 
 
+#: configs/train_inpaint.json's record on top of the WDM one: conditioned on the voided image and the mask.
+INPAINTING_RECORD = {
+    "task": "inpainting",
+    "data_range": [0.0, 1.0],
+    "pad_crop_size": None,
+    "spacing": [5.0, 6.0, 5.0],
+    "network": {"condition_channels": 2},
+}
+
+
 @pytest.fixture(scope="session")
 def tiny_models(repo_root, tmp_path_factory) -> Path:
-    """``models/unified/model.pt`` (cWDM) and ``models/model.pt`` (WDM): the demo config's tiny networks
-    (16, 32, 32 channels) with seeded random weights.
+    """``models/unified/model.pt`` (cWDM), ``models/model.pt`` (WDM) and ``models/inpainting/model.pt`` (conditional
+    inpainting): the demo config's tiny networks (16, 32, 32 channels) with seeded random weights.
 
     Why untrained weights are enough: these tests check what the app adds (request routes,
     geometry, errors, the server); learning is tested by tests/configs on the same configs.
@@ -63,10 +77,12 @@ def tiny_models(repo_root, tmp_path_factory) -> Path:
         [
             ("synthesis", "unified/model.pt", {"pad_crop_size": None, "image_size": None, "placement": "end"}),
             ("generation", "model.pt", {"pad_crop_size": None, "image_size": [32, 32, 32], "spacing": [5.0, 6.0, 5.0]}),
+            ("inpainting", "inpainting/model.pt", {**INPAINTING_RECORD, "image_size": [32, 32, 32]}),
         ]
     ):
-        base = LEGACY_RECORDS[task]  # the demo configs' training record, with their tiny network
-        record = validate_record({**base, **settings, "network": {**base["network"], **DEMO_NETWORK}})
+        base = LEGACY_RECORDS[task if task != "inpainting" else "generation"]  # the demo configs' training record
+        network = {**base["network"], **DEMO_NETWORK, **settings.pop("network", {})}  # with their tiny network
+        record = validate_record({**base, **settings, "network": network})
         state = _randomised(recorded_network(record), seed)
         atomic_save({"model": state, "ema": state, "record": record}, root / "models" / path)
     return root / "models"
@@ -100,6 +116,45 @@ def make_studies(root: Path, demo_case: Path) -> Path:
     (bad / "case_unreadable-t1c.nii.gz").write_bytes(b"not a nifti file")
     write_case(root, demo_case, CONTRASTS, name="case_complete")
     return root
+
+
+def _save(data: np.ndarray, path: Path, affine=None) -> None:
+    nib.save(nib.Nifti1Image(data, oblique_affine() if affine is None else affine), str(path))
+
+
+def make_inpainting_studies(root: Path, demo_case: Path) -> dict:
+    """Inpainting cases (challenge layout ``<case>/<case>-t1n-voided.nii.gz`` + ``<case>-mask.nii.gz``) in ``root``:
+    ``inp_ok`` (also with its complete ``-t1n``), ``flat_case`` (files directly in ``root``) and one bad case per
+    check of `Inpainter.load_inputs`. Returns {"t1n", "mask", "voided"} of ``inp_ok`` (float32 arrays)."""
+    sx, sy, sz = INPAINT_SHAPE
+    t1n = nib.load(demo_case / f"{demo_case.name}-t1n.nii.gz").get_fdata(dtype=np.float32)[:sx, :sy, :sz]
+    t1n = np.ascontiguousarray(t1n)
+    t1n[:4, :4, :4] = 0  # background, for the mask outside the brain
+    mask = np.zeros(INPAINT_SHAPE, np.float32)
+    mask[13:18, 12:16, 11:15] = 1
+    voided = t1n * (1 - mask)
+    masks = {
+        "inp_ok": mask,
+        "inp_nomask": None,
+        "inp_shape": mask[:, :, :-1],
+        "inp_affine": mask,
+        "inp_nonbinary": mask * 2,
+        "inp_empty": np.zeros_like(mask),
+        "inp_outside": np.pad(np.ones((2, 2, 2), np.float32), [(0, n - 2) for n in INPAINT_SHAPE]),
+    }
+    shifted = oblique_affine()
+    shifted[:3, 3] += 2.0
+    for case, m in masks.items():
+        (root / case).mkdir(parents=True, exist_ok=True)
+        _save(voided, root / case / f"{case}-t1n-voided.nii.gz")
+        if m is not None:
+            _save(
+                np.ascontiguousarray(m), root / case / f"{case}-mask.nii.gz", shifted if case == "inp_affine" else None
+            )
+    _save(t1n, root / "inp_ok" / "inp_ok-t1n.nii.gz")
+    _save(voided, root / "flat_case-t1n-voided.nii.gz")
+    _save(mask, root / "flat_case-mask.nii.gz")
+    return {"t1n": t1n, "mask": mask, "voided": voided}
 
 
 @pytest.fixture
@@ -204,6 +259,10 @@ def label_spec():
         contrasts=CONTRASTS,
         synthesis_configs=SYNTHESIS_CONFIGS,
         generation_configs=GENERATION_CONFIGS,
+        inpainting_configs=INPAINTING_CONFIGS,
+        inpainting_fast=INPAINTING_FAST,
+        inpaint_shape=INPAINT_SHAPE,
+        make_inpainting_studies=make_inpainting_studies,
         shape=SHAPE,
         oblique_affine=oblique_affine,
         write_case=write_case,

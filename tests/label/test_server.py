@@ -1,13 +1,14 @@
 """A real MONAI Label server (its own env, see `label_python`) serving apps/monailabel_wdm on loopback."""
 
 import json
+import shutil
 
 import nibabel as nib
 import numpy as np
 import pytest
 
 from wdm_bundle.engines import centered_affine
-from wdm_bundle.label import BundleConfig, SynthesisService
+from wdm_bundle.label import BundleConfig, InpaintingService, SynthesisService
 
 pytestmark = pytest.mark.label
 
@@ -20,6 +21,13 @@ def server(label_python, repo_root, tiny_models, demo_case, label_spec, tmp_path
     _post.form = label_spec.post  # conftest's post_form (conftest modules are not imported by name)
     tmp = tmp_path_factory.mktemp("label_server")
     studies = label_spec.make_studies(tmp / "studies", demo_case)
+    inpainting = label_spec.make_inpainting_studies(studies, demo_case)
+    outside = tmp / "outside"  # a mask beside a case's image that resolves out of the studies folder
+    outside.mkdir()
+    shutil.copy(studies / "inp_ok" / "inp_ok-mask.nii.gz", outside / "mask.nii.gz")
+    (studies / "inp_esc").mkdir()
+    shutil.copy(studies / "inp_ok" / "inp_ok-t1n-voided.nii.gz", studies / "inp_esc" / "inp_esc-t1n-voided.nii.gz")
+    (studies / "inp_esc" / "inp_esc-mask.nii.gz").symlink_to(outside / "mask.nii.gz")
     conf = {
         "bundle_root": str(repo_root),
         "synthesis_configs": ",".join(label_spec.synthesis_configs),
@@ -30,9 +38,12 @@ def server(label_python, repo_root, tiny_models, demo_case, label_spec, tmp_path
         "generation#ckpt_path": str(tiny_models / "model.pt"),
         "generation#num_inference_steps": str(STEPS),
         "generation#sampler": "ddim",
+        "inpainting_configs": ",".join(label_spec.inpainting_configs),
+        "inpainting#ckpt_path": str(tiny_models / "model.pt"),
+        **{f"inpainting#{k}": str(v) for k, v in label_spec.inpainting_fast.items()},
     }
     with label_spec.run_server(label_python, repo_root, studies, tmp, conf) as server:
-        yield server
+        yield {**server, "inpainting": inpainting, "tmp": tmp}
 
 
 def _post(*args, **kwargs):
@@ -44,10 +55,15 @@ def _nifti(body, path):
     return nib.load(path)
 
 
-def test_info_lists_both_tasks(server):
+def test_info_lists_the_tasks(server, label_spec):
     models = server["info"]["models"]
-    assert set(models) == {"synthesis", "generation"}
+    assert set(models) == {"synthesis", "generation", "inpainting"}
     assert models["synthesis"]["config"]["num_inference_steps"] == STEPS
+    config = models["inpainting"]["config"]
+    assert {k: config.get(k) for k in ("seed", *label_spec.inpainting_fast)} == {
+        "seed": 0,
+        **label_spec.inpainting_fast,
+    }
 
 
 def test_synthesis_from_the_datastore(server, repo_root, tiny_models, label_spec, tmp_path):
@@ -155,3 +171,101 @@ def test_generation_returns_a_volume_of_the_configured_size(server, tmp_path):
         params={"seed": 5, "num_inference_steps": 0},
     )
     assert status == 422 and "'num_inference_steps' must be an integer >= 1" in json.loads(body)["detail"]
+
+
+def _inpaint(server, query, files=None, params=None):
+    return _post(server["url"], "/infer/inpainting", {"output": "image", **query}, files, params)
+
+
+def test_inpainting_keeps_the_grid_and_the_known_voxels(server, repo_root, tiny_models, label_spec, tmp_path):
+    arrays, case = server["inpainting"], server["studies"] / "inp_ok"
+    status, body = _inpaint(server, {"image": "inp_ok"}, params={"seed": 2})
+    assert status == 200, body[:500]
+    assert 'filename="inp_ok-t1n-inference.nii.gz"' in label_spec.post.last_headers.get("content-disposition", "")
+    out, ref = _nifti(body, tmp_path / "out.nii.gz"), nib.load(case / "inp_ok-t1n-voided.nii.gz")
+    assert out.shape == ref.shape == label_spec.inpaint_shape  # odd, oblique: mapped back exactly
+    np.testing.assert_array_equal(out.affine, ref.affine)
+    np.testing.assert_array_equal(out.header.get_zooms(), ref.header.get_zooms())
+    data, mask = np.asarray(out.dataobj), arrays["mask"] > 0
+    np.testing.assert_array_equal(data[~mask], arrays["voided"][~mask])
+    assert np.isfinite(data).all() and (data[mask] != 0).all()
+    # the same config and weights in this process (torch 2.13 here, 2.14 in the server) fill the same values
+    local = InpaintingService(
+        BundleConfig(
+            repo_root,
+            label_spec.inpainting_configs,
+            {"ckpt_path": str(tiny_models / "model.pt"), **label_spec.inpainting_fast},
+        )
+    )
+    expected, _ = local(case, {"seed": 2}, tmp_path)
+    np.testing.assert_allclose(data, np.asarray(nib.load(expected).dataobj), rtol=1e-4, atol=1e-2)
+    # other ids of the case (its image, its mask by stem) and a flat case; params come back with output=json
+    for image in ("inp_ok/inp_ok-t1n-voided", "inp_ok-mask", "flat_case-t1n-voided"):
+        status, body = _inpaint(server, {"image": image, "output": "json"}, params={"seed": 2})
+        assert status == 200, body[:500]
+        info = json.loads(body)
+        assert info["shape"] == list(label_spec.inpaint_shape) and info["network_calls"] == 5, info
+
+
+def test_inpainting_uploads(server, label_spec, tmp_path):
+    case, arrays = server["studies"] / "inp_ok", server["inpainting"]
+    image = ("voided.nii.gz", (case / "inp_ok-t1n-voided.nii.gz").read_bytes())
+    mask = ("mask.nii.gz", (case / "inp_ok-mask.nii.gz").read_bytes())
+    status, body = _inpaint(server, {}, {"file": image, "mask": mask}, {"case": "inp_ok", "seed": 2})
+    assert status == 200, body[:500]
+    uploaded = np.asarray(_nifti(body, tmp_path / "up.nii.gz").dataobj)
+    status, body = _inpaint(server, {"image": "inp_ok"}, params={"seed": 2})
+    np.testing.assert_array_equal(uploaded, np.asarray(_nifti(body, tmp_path / "ds.nii.gz").dataobj))
+    # a datastore image with an uploaded mask of another region
+    other = np.zeros(label_spec.inpaint_shape, np.float32)
+    other[10:13, 10:13, 10:13] = 1
+    nib.save(nib.Nifti1Image(other, label_spec.oblique_affine()), str(tmp_path / "other.nii.gz"))
+    status, body = _inpaint(
+        server, {"image": "inp_ok"}, {"mask": ("o.nii.gz", (tmp_path / "other.nii.gz").read_bytes())}
+    )
+    assert status == 200, body[:500]
+    data = np.asarray(_nifti(body, tmp_path / "other_out.nii.gz").dataobj)
+    np.testing.assert_array_equal(data[other == 0], arrays["voided"][other == 0])
+
+
+def test_inpainting_bad_requests_get_a_clear_4xx(server):
+    case = server["studies"] / "inp_ok"
+    image = {"file": ("v.nii.gz", (case / "inp_ok-t1n-voided.nii.gz").read_bytes())}
+    mask = ("m.nii.gz", (case / "inp_ok-mask.nii.gz").read_bytes())
+    many = {"num_inference_steps": 1000, "jump_length": 1, "jump_n_sample": 20}
+    cases = [
+        ({"image": "inp_nomask"}, None, None, 422, "case 'inp_nomask': no mask file 'inp_nomask-mask.nii.gz'"),
+        ({"image": "inp_shape"}, None, None, 422, "mask shape (31, 29, 26) differs from the image's (31, 29, 27)"),
+        ({"image": "inp_affine"}, None, None, 422, "mask affine differs from the image's"),
+        ({"image": "inp_nonbinary"}, None, None, 422, "mask is not binary"),
+        ({"image": "inp_empty"}, None, None, 422, "mask is empty"),
+        ({"image": "inp_outside"}, None, None, 422, "mask is outside the brain"),
+        ({"image": "inp_ok/inp_ok-t1n"}, None, None, 422, "'inp_ok-t1n.nii.gz' is not an inpainting case file"),
+        (
+            {"image": "inp_esc/inp_esc-t1n-voided"},
+            None,
+            None,
+            403,
+            "'inp_esc-mask.nii.gz' resolves outside the studies folder",
+        ),
+        ({"image": "no_such_case"}, None, None, 404, "image 'no_such_case' is not in the datastore"),
+        ({"image": "../outside/mask"}, None, None, 422, "'image' must be a datastore id"),
+        ({"image": str(server["tmp"] / "outside" / "mask")}, None, None, 422, "'image' must be a datastore id"),
+        ({}, None, None, 422, "pass 'image'"),
+        ({}, image, None, 422, "an uploaded image needs its mask"),
+        ({}, {**image, "mask": mask}, {"case": "../x"}, 422, "'case'"),
+        ({}, {**image, "mask": ("e.nii.gz", b"")}, None, 422, "the uploaded file is empty"),
+        ({"image": "inp_empty"}, None, {"sampler": "euler"}, 422, "'euler' is not a valid Sampler"),
+        ({"image": "inp_ok"}, None, {"jump_n_sample": 101}, 422, "'jump_n_sample' must be an integer >= 1 and <= 100"),
+        ({"image": "inp_ok"}, None, {"seed": "$1"}, 422, "'seed' must be an integer"),
+        ({"image": "inp_ok"}, None, many, 422, "takes 19981 network evaluations; this server allows at most 10000"),
+        ({"image": "inp_ok"}, None, {"ckpt_path": "/x.pt"}, 422, "unknown param(s) ['ckpt_path']"),
+        ({"image": "inp_ok"}, None, {"timestep_spacing": "x"}, 422, "'timestep_spacing' must be one of"),
+    ]
+    for query, files, params, status, message in cases:
+        got, body = _inpaint(server, {**query, "output": "json"}, files, params)
+        detail = json.loads(body)["detail"]
+        assert got == status and message in detail, (query, params, got, body[:500])
+        assert str(server["tmp"]) not in detail and server["proc"].poll() is None
+    got, body = _post(server["url"], "/infer/synthesis", {"image": "case_ok", "output": "json"}, {"mask": mask})
+    assert got == 422 and "task 'synthesis' takes no 'mask' upload" in json.loads(body)["detail"]

@@ -24,12 +24,13 @@ def test_a_task_with_unusable_weights_is_left_out(
     broken.write_bytes(b"not a checkpoint" * 64)
     studies = label_spec.make_studies(tmp_path / "studies", demo_case)
     cases = sorted(p.name for p in studies.iterdir())
-    conf = _conf(repo_root, label_spec, tiny_models, broken)
+    conf = {**_conf(repo_root, label_spec, tiny_models, broken), "inpainting#ckpt_path": str(tmp_path / "none.pt")}
     with label_spec.run_server(label_python, repo_root, studies, tmp_path, conf) as server:
         assert "synthesis" in server["info"]["models"] and "generation" not in server["info"]["models"]
         assert server["proc"].poll() is None
         log = server["log"].read_text()
     assert "'generation' task left out" in log and "broken.pt" in log
+    assert "'inpainting' task left out: weights" in log and "none.pt' not found" in log
     assert broken.read_bytes() == b"not a checkpoint" * 64  # reported, not replaced
     # serving a folder writes nothing into it (no labels/, datastore_v2.json): the command line still reads it
     assert sorted(p.name for p in studies.iterdir()) == cases

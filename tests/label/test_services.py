@@ -110,6 +110,7 @@ def test_generation_returns_a_volume_of_the_configured_size(repo_root, tiny_mode
     a, info = gen({**FAST, "seed": 3}, tmp_path)
     b, _ = gen({**FAST, "seed": 3}, tmp_path)
     c, _ = gen({**FAST, "seed": 4, "sampler": "ddpm", "num_inference_steps": 3}, tmp_path)
+    assert info.pop("timestep_spacing", "linspace") == "linspace"  # the config's (configs/inference.json)
     assert info == {"seed": 3, "shape": [32, 32, 32], "sampler": "ddim", "num_inference_steps": 2}
     img = nib.load(a)
     assert img.shape == (32, 32, 32)

@@ -87,8 +87,10 @@ class ScaleByPercentilesOfd(mt.MapTransform):
 class RandomHealthyMaskd(mt.Randomizable, mt.MapTransform):
     """Give an item without ``mask_key`` (a training case without a ``-mask-healthy`` file) a random healthy-tissue
     mask: a tumour-like blob inside the brain (``image > 0``), away from ``item[lesion_key]`` when present
-    (`wdm_bundle.data.masks.random_healthy_mask`, the challenge's recipe). Items with a mask are left as they are
-    and draw nothing. The mask (1, D, H, W) float32 gets the image's metadata (affine)."""
+    (`wdm_bundle.data.masks.random_healthy_mask`, the challenge's recipe). An item with a mask keeps it, or with
+    probability ``prob`` gets a fresh random one instead (augmentation: one fixed mask per case is learnt by heart on
+    small data sets); with ``prob`` 0 such items draw nothing. The mask (1, D, H, W) float32 gets the image's
+    metadata (affine). Randomizable, so that MONAI's cached datasets stop caching before it."""
 
     def __init__(
         self,
@@ -96,19 +98,26 @@ class RandomHealthyMaskd(mt.Randomizable, mt.MapTransform):
         mask_key: str = MASK,
         lesion_key: str = LESION,
         fraction: float | Sequence[float] = (0.01, 0.04),
+        prob: float = 0.0,
     ) -> None:
         mt.MapTransform.__init__(self, [image_key], allow_missing_keys=False)
+        if not 0.0 <= float(prob) <= 1.0:
+            raise ValueError(f"prob must be in [0, 1], got {prob}.")
+        self.prob = float(prob)
         self.image_key, self.mask_key, self.lesion_key = image_key, mask_key, lesion_key
         self.fraction = fraction
         self._seed = 0
 
     def randomize(self, data: Any = None) -> None:
-        self._seed = int(self.R.randint(0, 2**31 - 1))
+        # torch's generator, not self.R: the training checkpoint saves and restores it (and DataLoader workers seed
+        # it per epoch), so a resumed run draws the same masks as an uninterrupted one
+        self._seed = int(torch.randint(0, 2**31 - 1, (1,)))
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         if d.get(self.mask_key) is not None:
-            return d
+            if self.prob == 0.0 or (self.prob < 1.0 and float(torch.rand(())) >= self.prob):
+                return d
         self.randomize()
         image = d[self.image_key]
         lesion = d.get(self.lesion_key)
@@ -159,18 +168,19 @@ def inpainting_training_preprocessing(
     image_size: Sequence[int] | None,
     orientation: str | None = "RAS",
     mask_fraction: float | Sequence[float] = (0.01, 0.04),
+    random_mask_prob: float = 0.0,
 ) -> mt.Compose:
     """Training items ``{"image", "mask"?, "mask_unhealthy"?}`` (file paths; ``mask`` the healthy mask) ->
-    ``{"image", "voided", "mask"}`` float32 (1, D', H', W') tensors: the healthy mask file, else a random healthy
-    mask (`RandomHealthyMaskd`, away from the lesion), voided as the challenge does (`VoidImaged`), then
-    `inpainting_framing` with the voided image as the intensity reference, exactly as
-    `wdm_bundle.engines.inpaint_volume` prepares a case at inference."""
+    ``{"image", "voided", "mask"}`` float32 (1, D', H', W') tensors: the healthy mask file, else (or with probability
+    ``random_mask_prob``) a random healthy mask (`RandomHealthyMaskd`, away from the lesion), voided as the
+    challenge does (`VoidImaged`), then `inpainting_framing` with the voided image as the intensity reference,
+    exactly as `wdm_bundle.engines.inpaint_volume` prepares a case at inference."""
     files = [IMAGE, MASK, LESION]
     return mt.Compose(
         [
             mt.LoadImaged(files, image_only=True, allow_missing_keys=True),
             mt.EnsureChannelFirstd(files, allow_missing_keys=True),
-            RandomHealthyMaskd(fraction=mask_fraction),
+            RandomHealthyMaskd(fraction=mask_fraction, prob=random_mask_prob),
             mt.DeleteItemsd(LESION),
             mt.Lambdad(MASK, _binary_float),
             VoidImaged(),

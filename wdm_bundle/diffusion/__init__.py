@@ -2,6 +2,7 @@
 
 from wdm_bundle.diffusion import schedulers as _schedulers
 from wdm_bundle.diffusion.inferer import WaveletDiffusionInferer, unwrap_model
+from wdm_bundle.diffusion.losses import InpaintingLoss, LossRegion
 from wdm_bundle.diffusion.repaint import RePaintInferer, resampling_schedule
 from wdm_bundle.diffusion.schedulers import (
     RFLOW_X0_MIN_T,
@@ -12,6 +13,7 @@ from wdm_bundle.diffusion.schedulers import (
     Float64Schedule,
     Sampler,
     TimestepSampling,
+    TimestepSpacing,
     VarianceType,
     check_sampler,
     diffusion_of,
@@ -20,4 +22,12 @@ from wdm_bundle.diffusion.schedulers import (
     velocity_from_x0,
 )
 
-__all__ = ["WaveletDiffusionInferer", "RePaintInferer", "resampling_schedule", "unwrap_model", *_schedulers.__all__]
+__all__ = [
+    "WaveletDiffusionInferer",
+    "InpaintingLoss",
+    "LossRegion",
+    "RePaintInferer",
+    "resampling_schedule",
+    "unwrap_model",
+    *_schedulers.__all__,
+]

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from wdm_bundle.diffusion.inferer import WaveletDiffusionInferer, unwrap_model
-from wdm_bundle.diffusion.schedulers import Diffusion
+from wdm_bundle.diffusion.schedulers import Diffusion, TimestepSpacing
 from wdm_bundle.wavelets import HaarWavelet3D
 
 __all__ = ["RePaintInferer", "resampling_schedule"]
@@ -90,9 +90,11 @@ class RePaintInferer(WaveletDiffusionInferer):
     @staticmethod
     def timesteps_of(scheduler: Scheduler) -> list[int]:
         """The timesteps RePaint calls the model at: all T for DDPM (refusing fewer: MONAI's DDPM step always goes
-        from t to t - 1); for DDIM with N steps, (N - 1) s, ..., s, 0 with s = T // N, the levels MONAI's DDIM step
-        (from t to t - s) lands on, so the known region is noised to the level the chain is at. (MONAI's own DDIM
-        timesteps, ``linspace(T - 1, 0, N)``, are not these: `sample` with DDIM calls the model at other steps.)"""
+        from t to t - 1); for DDIM with N steps and ``timestep_spacing`` ``"leading"`` or ``"trailing"`` the
+        scheduler's own timesteps (each step lands on the next); with ``"linspace"`` (MONAI's), (N - 1) s, ..., s, 0
+        with s = T // N, the levels MONAI's DDIM step (from t to t - s) lands on, so the known region is noised to the
+        level the chain is at. (MONAI's own DDIM timesteps, ``linspace(T - 1, 0, N)``, are not these: `sample` with
+        "linspace" DDIM calls the model at other steps.)"""
         t_max = scheduler.num_train_timesteps
         if isinstance(scheduler, DDPMScheduler):
             times = [int(t) for t in scheduler.timesteps]
@@ -106,6 +108,8 @@ class RePaintInferer(WaveletDiffusionInferer):
             raise ValueError(f"RePaint samples with DDPM or DDIM, got {type(scheduler).__name__}.")
         if float(scheduler.final_alpha_cumprod) != 1.0:
             raise ValueError("RePaint with DDIM needs set_alpha_to_one=True (its last step must reach x0).")
+        if getattr(scheduler, "timestep_spacing", TimestepSpacing.LINSPACE) != TimestepSpacing.LINSPACE:
+            return [int(t) for t in scheduler.timesteps]  # "leading"/"trailing": each step lands on the next
         stride = t_max // scheduler.num_inference_steps
         return list(range((scheduler.num_inference_steps - 1) * stride, -1, -stride))
 

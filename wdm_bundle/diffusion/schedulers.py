@@ -15,10 +15,13 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, NoiseSchedul
 from monai.networks.schedulers.ddpm import DDPMVarianceType
 from monai.utils import StrEnum, unsqueeze_right
 
+from wdm_bundle.diffusion import ddim
+
 __all__ = [
     "Sampler",
     "Diffusion",
     "TimestepSampling",
+    "TimestepSpacing",
     "VarianceType",
     "make_scheduler",
     "training_scheduler",
@@ -79,6 +82,20 @@ class TimestepSampling(ClosedSet):
 
     UNIFORM = "uniform"
     LOGIT_NORMAL = "logit-normal"
+
+
+class TimestepSpacing(ClosedSet):
+    """Which DDIM timesteps a chain of N steps visits (`wdm_bundle.diffusion.ddim`), a sampling choice.
+
+    ``linspace``: MONAI's ``linspace(T - 1, 0, N)``, stepping from t to t - T // N (for few steps not the listed
+    next timestep: N = 2 calls the model at t = 999, then at t = 0 on a sample at level 499); ``leading``:
+    (N - 1) s, ..., s, 0 with s = T // N; ``trailing``: round(T - i T / N) - 1, i = 0 .. N - 1, from the
+    pure-noise level T - 1. ``leading`` and ``trailing`` step to the next listed timestep, the last to x0.
+    """
+
+    LINSPACE = ddim.LINSPACE
+    LEADING = ddim.LEADING
+    TRAILING = ddim.TRAILING
 
 
 class VarianceType(ClosedSet):
@@ -208,8 +225,13 @@ class DDPMScheduler64(Float64Schedule, DDPMScheduler):
     """MONAI's `DDPMScheduler` with float64 tables (`Float64Schedule`); same arguments."""
 
 
-class DDIMScheduler64(Float64Schedule, DDIMScheduler):
-    """MONAI's `DDIMScheduler` with float64 tables (`Float64Schedule`); same arguments."""
+class DDIMScheduler64(Float64Schedule, ddim.SpacedDDIM, DDIMScheduler):
+    """MONAI's `DDIMScheduler` with float64 tables (`Float64Schedule`) and ``timestep_spacing``
+    (`TimestepSpacing`, `ddim.SpacedDDIM`; ``"linspace"`` = MONAI's timesteps and steps); otherwise its arguments."""
+
+    def __init__(self, *args: Any, timestep_spacing: str = TimestepSpacing.LINSPACE, **kwargs: Any) -> None:
+        self.timestep_spacing = _member(TimestepSpacing, timestep_spacing, "timestep_spacing").value
+        super().__init__(*args, **kwargs)
 
     def _set_float64_tables(self, arguments: dict[str, Any]) -> None:
         super()._set_float64_tables(arguments)
@@ -242,6 +264,7 @@ def make_scheduler(
     timestep_sampling: str = TimestepSampling.UNIFORM,
     timestep_loc: float = 0.0,
     timestep_scale: float = 1.0,
+    timestep_spacing: str = TimestepSpacing.LINSPACE,
 ) -> Scheduler:
     """The MONAI scheduler of sampling algorithm ``sampler`` (`Sampler`) for wavelet diffusion, timesteps set.
 
@@ -270,6 +293,9 @@ def make_scheduler(
         timestep_sampling, timestep_loc, timestep_scale: RFlow only: how training draws t
             (`TimestepSampling`; loc > 0 trains more on noisy inputs). DDPM training draws t
             uniformly, as the paper.
+        timestep_spacing: DDIM only (`TimestepSpacing`): which timesteps N steps visit, a sampling choice (not
+            in ``schedule_config``); ``"trailing"`` or ``"leading"`` for few (2-10) steps, ``"linspace"``
+            (MONAI's, the default) keeps earlier outputs. DDPM and RFlow ignore it.
     """
     if isinstance(sampler, str) and sampler == Diffusion.RFLOW_X0:
         raise ValueError(
@@ -278,6 +304,7 @@ def make_scheduler(
         )
     sampler = _member(Sampler, sampler, "sampler")
     variance_type = _member(VarianceType, variance_type, "variance_type")
+    timestep_spacing = _member(TimestepSpacing, timestep_spacing, "timestep_spacing")
     num_train_timesteps = int(num_train_timesteps)
     steps = DEFAULT_STEPS[sampler] or num_train_timesteps
     steps = steps if num_inference_steps is None else int(num_inference_steps)
@@ -297,7 +324,9 @@ def make_scheduler(
                 variance_type=variance_type.value, prediction_type="sample", clip_sample=False, **schedule_config
             )
         else:
-            scheduler = DDIMScheduler64(prediction_type="sample", clip_sample=False, **schedule_config)
+            scheduler = DDIMScheduler64(
+                prediction_type="sample", clip_sample=False, timestep_spacing=timestep_spacing, **schedule_config
+            )
         scheduler.schedule_config = {**schedule_config, "variance_type": variance_type.value}
     scheduler.set_timesteps(steps)
     return scheduler

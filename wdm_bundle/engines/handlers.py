@@ -226,9 +226,9 @@ class PreviewSampler:
         """Condition channels and decoded targets of the first dataset items, or (None, None)."""
         if self.dataset is None or self.prepare_batch is None:
             return None, None
-        items = [self.dataset[i] for i in range(min(self.num_samples, len(self.dataset)))]
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(self.seed)  # same targets every preview, training RNG untouched
+            torch.manual_seed(self.seed)  # same items (random masks) and targets every preview, training RNG untouched
+            items = [self.dataset[i] for i in range(min(self.num_samples, len(self.dataset)))]
             x0, _, _, kwargs = self.prepare_batch(list_data_collate(items), device)
         condition = kwargs.get("condition")
         if condition is None:

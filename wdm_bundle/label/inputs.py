@@ -27,6 +27,7 @@ __all__ = [
     "parse_conf_value",
     "parse_params",
     "parse_sampler",
+    "parse_choice",
     "check_name",
     "check_voxels",
     "redact_paths",
@@ -162,6 +163,15 @@ def parse_sampler(value: Any, allowed: Sequence[str]) -> str:
             f"cannot sample with {{'sampler': {_short(value)}}}: ValueError: {_short(value)} is not a "
             f"valid Sampler; use one of {', '.join(allowed)}."
         )
+    return value
+
+
+def parse_choice(value: Any, name: str, allowed: Sequence[str]) -> str:
+    """A request value from the closed set ``allowed``."""
+    if not allowed:
+        raise RequestError(f"'{name}' is not supported by this server.")
+    if not isinstance(value, str) or value not in allowed:
+        raise RequestError(f"'{name}' must be one of {', '.join(allowed)}, got {_short(value)}.")
     return value
 
 

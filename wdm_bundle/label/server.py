@@ -18,12 +18,13 @@ Everything else is MONAI Label's, with MONAI Label's authentication (``MONAI_LAB
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
@@ -59,9 +60,20 @@ BLOCKED_PREFIXES = (
 
 #: Request params each task accepts (a closed set; anything else is a 422).
 TASK_PARAMS = {
-    "synthesis": {"contrasts", "target", "case", "seed", "sampler", "num_inference_steps"},
-    "generation": {"seed", "sampler", "num_inference_steps"},
+    "synthesis": {"contrasts", "target", "case", "seed", "sampler", "num_inference_steps", "timestep_spacing"},
+    "generation": {"seed", "sampler", "num_inference_steps", "timestep_spacing"},
+    "inpainting": {
+        "case",
+        "seed",
+        "sampler",
+        "num_inference_steps",
+        "timestep_spacing",
+        "jump_length",
+        "jump_n_sample",
+    },
 }
+#: Tasks that take an uploaded ``mask`` (besides the ``file`` upload).
+MASK_TASKS = {"inpainting"}
 
 
 @dataclass(frozen=True)
@@ -103,10 +115,10 @@ def _error(status: int, detail: str) -> HTTPException:
     return HTTPException(status_code=status, detail=redact_paths(detail))
 
 
-def _save_upload(upload: UploadFile, folder: str, max_bytes: int) -> str:
+def _save_upload(upload: UploadFile, folder: str, max_bytes: int, stem: str = "upload") -> str:
     name = os.path.basename(upload.filename or "")
     ext = ".nii" if name.endswith(".nii") else ".nii.gz"
-    path = os.path.join(folder, f"upload{ext}")
+    path = os.path.join(folder, f"{stem}{ext}")
     size = 0
     with open(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600), "wb") as out:
         while chunk := upload.file.read(1 << 20):
@@ -120,7 +132,7 @@ def _save_upload(upload: UploadFile, folder: str, max_bytes: int) -> str:
 
 
 def make_infer_endpoint(wdm_app: Any, queue: InferQueue, conf: ServerSettings) -> Callable[..., Any]:
-    form_params, form_file = Form("{}"), File(None)  # FastAPI's parameter declarations, made once per endpoint
+    form_params, form_file, form_mask = Form("{}"), File(None), File(None)  # FastAPI's declarations, made once
     authorised_user = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))
 
     async def infer(
@@ -130,6 +142,7 @@ def make_infer_endpoint(wdm_app: Any, queue: InferQueue, conf: ServerSettings) -
         output: Optional[ResultType] = None,
         params: str = form_params,
         file: UploadFile = form_file,
+        mask: UploadFile = form_mask,
         user: User = authorised_user,
     ):
         tasks = wdm_app._infers
@@ -142,18 +155,25 @@ def make_infer_endpoint(wdm_app: Any, queue: InferQueue, conf: ServerSettings) -
             unknown = sorted(str(k)[:40] for k in p if k not in allowed)
             if unknown:
                 raise RequestError(f"unknown param(s) {unknown} for task '{model}'; allowed: {sorted(allowed)}.")
+            if mask is not None and model not in MASK_TASKS:
+                raise RequestError(f"task '{model}' takes no 'mask' upload; {sorted(MASK_TASKS)} do.")
         except RequestError as e:
             raise _error(e.status, str(e)) from e
         folder = tempfile.mkdtemp(prefix="wdm-request-")  # private (0700): the upload and the result
         background_tasks.add_task(shutil.rmtree, folder, True)
         try:
-            if file is not None and model == "synthesis":
-                path = _save_upload(file, folder, conf.max_upload_mb << 20)
+            if model in MASK_TASKS:
+                path, inputs = _inpainting_inputs(
+                    image, file, mask, wdm_app.datastore(), folder, conf.max_upload_mb << 20
+                )
+                call = functools.partial(task.service, path, p, folder, **inputs)
+            elif file is not None and model == "synthesis":
+                call = functools.partial(task.service, _save_upload(file, folder, conf.max_upload_mb << 20), p, folder)
             elif model == "synthesis":
-                path = resolve_image(image, wdm_app.datastore())
+                call = functools.partial(task.service, resolve_image(image, wdm_app.datastore()), p, folder)
             else:
-                path = None
-            result_path, info = await queue.run(_run_task, task, path, p, folder)
+                call = functools.partial(task.service, p, folder)
+            result_path, info = await queue.run(call)
         except HTTPException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -173,18 +193,29 @@ def make_infer_endpoint(wdm_app: Any, queue: InferQueue, conf: ServerSettings) -
     return infer
 
 
-def _run_task(task: Any, path: Optional[str], params: Mapping[str, Any], folder: str) -> tuple[str, dict[str, Any]]:
-    if path is None:
-        return task.service(params, folder)
-    return task.service(path, params, folder)
+def _inpainting_inputs(
+    image: str, file: Optional[UploadFile], mask: Optional[UploadFile], datastore: Any, folder: str, max_bytes: int
+) -> tuple[str, dict[str, Any]]:
+    """The image file (upload, datastore file or case folder) of an inpainting request and the keyword arguments
+    of `InpaintingService` (``mask``: the uploaded mask; ``upload``; ``root``: the studies folder)."""
+    mask_path = _save_upload(mask, folder, max_bytes, "mask") if mask is not None else None
+    if file is not None:
+        return _save_upload(file, folder, max_bytes, "image"), {"mask": mask_path, "upload": True}
+    hint = "pass 'image' (a datastore id: '<case>' or '<case>/<case>-t1n-voided') or upload 'file' and 'mask'."
+    uri = resolve_image(image, datastore, hint)
+    if "/" not in image and os.path.basename(os.path.dirname(uri)) == image:  # a case folder name
+        uri = os.path.dirname(uri)
+    root = getattr(datastore, "_studies", None)  # CaseFolderDatastore: the mask found beside must be inside it too
+    return uri, {"mask": mask_path, "root": root}
 
 
-def resolve_image(image: Any, datastore: Any) -> str:
-    """The file of a synthesis request's ``image`` id, inside the studies folder; ids only, never paths."""
+def resolve_image(image: Any, datastore: Any, hint: str = "") -> str:
+    """The file of a synthesis (inpainting) request's ``image`` id, inside the studies folder; ids only, never paths."""
     if not image:
         raise _error(
             422,
-            "pass 'image' (a datastore id, e.g. '<case>' or '<case>/<case>-t1n') or upload 'file' "
+            hint
+            or "pass 'image' (a datastore id, e.g. '<case>' or '<case>/<case>-t1n') or upload 'file' "
             'with params {"contrasts": [...]}.',
         )
     try:

@@ -20,8 +20,7 @@ import numpy as np
 from monai.bundle import ConfigParser
 
 from wdm_bundle.data.io import volume_shape
-from wdm_bundle.diffusion import Sampler, WaveletDiffusionInferer, make_scheduler
-from wdm_bundle.engines import generate, schedule_settings, synthesize, write_volume
+from wdm_bundle.engines import generate, synthesize, write_volume
 from wdm_bundle.engines.synthesis import CaseError, write_like
 from wdm_bundle.label.inputs import (
     MAX_SEED,
@@ -32,9 +31,9 @@ from wdm_bundle.label.inputs import (
     parse_conf_value,
     parse_contrasts,
     parse_int,
-    parse_sampler,
     split_upload,
 )
+from wdm_bundle.label.sampling import SAMPLERS, Limits, Sampling
 from wdm_bundle.utils import atomic_write
 
 __all__ = [
@@ -47,9 +46,6 @@ __all__ = [
     "configs_from_conf",
     "SAMPLERS",
 ]
-
-#: The samplers a request may name (a closed set: request values never reach a config parser).
-SAMPLERS = tuple(s.value for s in Sampler)
 
 logger = logging.getLogger(__name__)
 
@@ -96,54 +92,6 @@ class BundleConfig:
         return self.parser(**overrides).get_parsed_content(id)
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Caps on what one request may ask for (``--conf max_inference_steps`` / ``max_voxels``)."""
-
-    max_inference_steps: int = 1000
-    max_voxels: int = 256**3
-
-
-class Sampling:
-    """Sampler settings of a request, checked and built directly (no config parsing per request).
-
-    ``sampler`` must be one of `SAMPLERS`, ``num_inference_steps`` an integer in [1, ``max_inference_steps``],
-    and the scheduler's actual step count (DDPM without steps runs all T) at most ``max_inference_steps``.
-    The scheduler is `make_scheduler(sampler, steps, **schedule_settings(record))`, the config's own recipe.
-    """
-
-    def __init__(self, record: Mapping[str, Any], sampler: Any, num_inference_steps: Any, limits: Limits) -> None:
-        self.record, self.limits = dict(record), limits
-        self.default_sampler = parse_sampler(str(sampler), SAMPLERS)  # config values (trusted), checked all the same
-        self.default_steps = None if num_inference_steps is None else int(num_inference_steps)
-        self.build({})  # a default the server could never serve is an error at start, not per request
-
-    def build(self, params: Mapping[str, Any]) -> tuple[WaveletDiffusionInferer, dict[str, Any]]:
-        """The inferer (with its scheduler) for a request's params; returns it and the settings used."""
-        sampler, steps = self.default_sampler, self.default_steps
-        if params.get("sampler") not in (None, ""):
-            sampler = parse_sampler(params["sampler"], SAMPLERS)
-        cap = self.limits.max_inference_steps
-        if params.get("num_inference_steps") not in (None, ""):
-            steps = parse_int(params["num_inference_steps"], "num_inference_steps", 1, cap)
-        used = {"sampler": sampler, "num_inference_steps": steps}
-        try:
-            scheduler = make_scheduler(sampler, steps, **schedule_settings(self.record))
-            inferer = WaveletDiffusionInferer(
-                scheduler, data_range=self.record["data_range"], diffusion=self.record["diffusion"]
-            )
-        except ValueError as e:
-            raise RequestError(f"cannot sample with {used}: {type(e).__name__}: {e}") from e
-        timesteps = getattr(scheduler, "timesteps", None)
-        count = len(timesteps) if timesteps is not None else (steps or 0)
-        if count > cap:
-            raise RequestError(
-                f"sampling with {used} takes {count} steps; this server allows at most {cap} "
-                "(conf max_inference_steps): pass a smaller 'num_inference_steps' or sampler 'ddim'."
-            )
-        return inferer, used
-
-
 @dataclass
 class SynthesisInputs:
     """One checked synthesis request: raw input arrays (D, H, W) and their NIfTI images."""
@@ -178,7 +126,7 @@ class SynthesisService:
         parser = config.parser(save_png=False, progress=False)
         self.synthesizer = parser.get_parsed_content("synthesizer")
         self.default_seed = int(self.synthesizer.seed)
-        self.sampling = Sampling(self.synthesizer.record, parser["sampler"], parser["num_inference_steps"], self.limits)
+        self.sampling = Sampling.from_config(self.synthesizer.record, parser, self.limits)
         self._lock = threading.Lock()
 
     @property
@@ -193,12 +141,7 @@ class SynthesisService:
 
     def defaults(self) -> dict[str, Any]:
         """Request params a client may set, with the config's values."""
-        return {
-            "target": "",
-            "seed": self.default_seed,
-            "sampler": self.sampling.default_sampler,
-            "num_inference_steps": self.sampling.default_steps,
-        }
+        return {"target": "", "seed": self.default_seed, **self.sampling.defaults()}
 
     def load(self, image: str | os.PathLike, params: Mapping[str, Any]) -> SynthesisInputs:
         """Find, read and check the inputs of a request; every problem is a RequestError, before sampling."""
@@ -291,15 +234,11 @@ class GenerationService:
         self.weights = [str(parser.get_parsed_content("ckpt_path"))]
         check_voxels(self.generator.image_shape[1:], self.limits.max_voxels, "the configured image_size")
         record = parser.get_parsed_content("record")
-        self.sampling = Sampling(record, parser["sampler"], parser["num_inference_steps"], self.limits)
+        self.sampling = Sampling.from_config(record, parser, self.limits)
         self._lock = threading.Lock()
 
     def defaults(self) -> dict[str, Any]:
-        return {
-            "seed": self.default_seed,
-            "sampler": self.sampling.default_sampler,
-            "num_inference_steps": self.sampling.default_steps,
-        }
+        return {"seed": self.default_seed, **self.sampling.defaults()}
 
     def __call__(self, params: Mapping[str, Any], out_dir: str | os.PathLike) -> tuple[str, dict[str, Any]]:
         seed = (
@@ -331,7 +270,11 @@ def _claim(out_dir: str | os.PathLike, stem: str) -> str:
 
 
 #: Default config files of each task, relative to the bundle root.
-DEFAULT_CONFIGS = {"synthesis": ["configs/inference_cwdm.json"], "generation": ["configs/inference.json"]}
+DEFAULT_CONFIGS = {
+    "synthesis": ["configs/inference_cwdm.json"],
+    "generation": ["configs/inference.json"],
+    "inpainting": ["configs/inference_inpaint.json"],
+}
 
 
 def configs_from_conf(conf: Mapping[str, str], default_root: str | os.PathLike) -> dict[str, BundleConfig]:

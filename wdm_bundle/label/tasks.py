@@ -1,6 +1,7 @@
-"""MONAI Label infer tasks: ``synthesis`` (cWDM, missing contrast) and ``generation`` (WDM, unconditional).
+"""MONAI Label infer tasks: ``synthesis`` (cWDM, missing contrast), ``generation`` (WDM, unconditional) and
+``inpainting`` (a voided image and its mask in, the inpainted image out).
 
-Both are `BasicInferTask`s whose steps call the bundle's services (`wdm_bundle.label.services`):
+All are `BasicInferTask`s whose steps call the bundle's services (`wdm_bundle.label.services`):
 pre-transforms = read and check the request, inferer = sample, writer = NIfTI with the right
 geometry. A bad request raises FastAPI's `HTTPException` with a 4xx code and a message naming the
 problem; MONAI Label passes it through to the client and the server keeps running.
@@ -20,10 +21,11 @@ from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
+from wdm_bundle.label.inpainting import InpaintingService
 from wdm_bundle.label.inputs import RequestError, redact_paths
 from wdm_bundle.label.services import GenerationService, Limits, SynthesisService, configs_from_conf
 
-__all__ = ["SynthesisInfer", "GenerationInfer", "build_tasks", "check_image_id"]
+__all__ = ["SynthesisInfer", "GenerationInfer", "InpaintingInfer", "build_tasks", "check_image_id"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,14 +109,42 @@ class GenerationInfer(_ServiceInfer):
         return data["wdm_result"]
 
 
+class InpaintingInfer(_ServiceInfer):
+    """Inpaint one case: ``image`` = id of its voided image, its mask or its case folder; the other file is found
+    beside it by name. The result has the voided image's shape, affine and header and equals it outside the mask.
+
+    Optional params: ``seed``, ``sampler``, ``num_inference_steps``, ``jump_length``, ``jump_n_sample``. (Uploads
+    of the image and the mask go through the app's own ``/infer`` route, `wdm_bundle.label.server`.)
+    """
+
+    def __init__(self, service: InpaintingService) -> None:
+        super().__init__(service, "inpainting: fill the masked region of a voided image (image + mask in)")
+
+    def pre_transforms(self, data=None):
+        return []
+
+    def run_inferer(self, data, convert_to_batch=True, device="cuda"):
+        with http_errors():
+            data["wdm_result"] = self.service(data.get("image_path") or data.get("image"), data, self.out_dir)
+        return data
+
+    def writer(self, data, extension=None, dtype=None):
+        return data["wdm_result"]
+
+
 def check_image_id(request: Mapping[str, Any], datastore: Any, tasks: Mapping[str, Any]) -> None:
-    """404 naming the id when a synthesis request's ``image`` is not in the datastore (paths are not accepted).
+    """404 naming the id when a synthesis or inpainting request's ``image`` is not in the datastore (paths are not
+    accepted).
 
     (MONAI Label replaces an unknown id by "" before the task sees it.) The app's own ``/infer`` route
     (`wdm_bundle.label.server`) does this check itself; this one guards MONAI Label's code paths.
     """
     image = request.get("image")
-    if isinstance(tasks.get(request.get("model")), SynthesisInfer) and isinstance(image, str) and image:
+    if (
+        isinstance(tasks.get(request.get("model")), (SynthesisInfer, InpaintingInfer))
+        and isinstance(image, str)
+        and image
+    ):
         if os.path.isabs(image) or ".." in image.split("/") or not datastore.get_image_uri(image):
             raise HTTPException(
                 status_code=404,
@@ -147,12 +177,16 @@ def build_tasks(
             )
     except Exception as e:
         logger.warning(f"'synthesis' task left out: cannot load it ({type(e).__name__}: {e}).")
-    try:
-        ckpt = configs["generation"].parse("ckpt_path")
-        if Path(ckpt).is_file():
-            tasks["generation"] = GenerationInfer(GenerationService(configs["generation"], limits))
-        else:
-            logger.warning(f"'generation' task left out: weights '{ckpt}' not found (set --conf generation#ckpt_path).")
-    except Exception as e:
-        logger.warning(f"'generation' task left out: cannot load it ({type(e).__name__}: {e}).")
+    for name, service, infer in (
+        ("generation", GenerationService, GenerationInfer),
+        ("inpainting", InpaintingService, InpaintingInfer),
+    ):
+        try:
+            ckpt = configs[name].parse("ckpt_path")
+            if Path(ckpt).is_file():
+                tasks[name] = infer(service(configs[name], limits))
+            else:
+                logger.warning(f"'{name}' task left out: weights '{ckpt}' not found (set --conf {name}#ckpt_path).")
+        except Exception as e:
+            logger.warning(f"'{name}' task left out: cannot load it ({type(e).__name__}: {e}).")
     return tasks
