@@ -8,11 +8,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from wdm_bundle.reports.inpainting import INPAINTING_METRIC_KEYS
 from wdm_bundle.reports.steps import STEP_METRICS, StepOption, fewest_steps_within
-from wdm_bundle.reports.summary import write_json
+from wdm_bundle.reports.summary import mean_std, write_json
 
 __all__ = ["REPORT_FILES", "summarise_options", "fewest_steps", "steps_markdown", "write_steps_report"]
 
@@ -26,14 +24,6 @@ RULE = (
 )
 
 
-def _stats(values: Sequence[float]) -> dict[str, float]:
-    v = np.asarray(values, np.float64)
-    if v.size == 0:
-        return {"mean": math.nan, "std": math.nan}
-    with np.errstate(invalid="ignore"):
-        return {"mean": float(np.mean(v)), "std": float(np.std(v))}
-
-
 def summarise_options(rows: Sequence[Mapping[str, Any]], options: Sequence[StepOption]) -> list[dict]:
     """Per option (in order): ``option``, ``sampler``, ``steps``, ``spacing``, ``n`` and {mean, std} over its
     cases of each of ``SUMMARY_KEYS``."""
@@ -42,7 +32,7 @@ def summarise_options(rows: Sequence[Mapping[str, Any]], options: Sequence[StepO
         mine = [r for r in rows if r["option"] == option.name]
         head = {"option": option.name, "sampler": option.sampler, "steps": option.steps}
         head.update(spacing=option.spacing or "", n=len(mine))
-        out.append({**head, **{k: _stats([r[k] for r in mine]) for k in SUMMARY_KEYS}})
+        out.append({**head, **{k: mean_std([r[k] for r in mine]) for k in SUMMARY_KEYS}})
     return out
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from wdm_bundle.metrics.paired import METRIC_KEYS
 
-__all__ = ["synthesis_markdown", "synthesis_summary", "write_json", "write_synthesis_report"]
+__all__ = ["mean_std", "synthesis_markdown", "synthesis_summary", "write_json", "write_synthesis_report"]
 
 
 def write_json(path: Path, content: dict) -> None:
@@ -20,7 +20,8 @@ def write_json(path: Path, content: dict) -> None:
     path.write_text(json.dumps(content, indent=2) + "\n")
 
 
-def _stats(values: Sequence[float]) -> dict[str, float]:
+def mean_std(values: Sequence[float]) -> dict[str, float]:
+    """``{"mean", "std"}`` of ``values`` in float64 (NaN for none)."""
     v = np.asarray(values, np.float64)
     if v.size == 0:
         return {"mean": math.nan, "std": math.nan}
@@ -31,7 +32,7 @@ def _stats(values: Sequence[float]) -> dict[str, float]:
 def _summarise(rows: list[dict]) -> dict:
     out = {"n": len(rows)}
     for key in METRIC_KEYS:
-        out[key] = _stats([r[key] for r in rows])
+        out[key] = mean_std([r[key] for r in rows])
     return out
 
 
