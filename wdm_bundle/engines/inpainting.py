@@ -154,12 +154,31 @@ def inpaint_volume(
         )
     image = framed[IMAGE].as_tensor()[None].float().to(device)
     model_mask = (framed[MASK].as_tensor() > 0)[None].to(device)
-    noise_seed = case_seed(seed, case)
-    if record["task"] == Task.INPAINTING:
+    out = _sample(network, inferer, image, model_mask, record["task"], case_seed(seed, case), scheduler, device)
+    d_lo, d_hi = inferer.data_range
+    unit = (out[0].float().cpu() - d_lo) / (d_hi - d_lo)  # data_range -> [0, 1]
+    back = invert_framing(unit, framed[IMAGE], preprocessing, IMAGE)[0].numpy().astype(np.float64)
+    values = (p_lo + back * (p_hi - p_lo)).astype(np.float32)  # [0, 1] -> voided's units
+    return np.where(mask != 0, values, voided)
+
+
+def _sample(
+    network: nn.Module,
+    inferer: WaveletDiffusionInferer,
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    task: str,
+    noise_seed: int,
+    scheduler: Scheduler | None,
+    device: torch.device,
+) -> torch.Tensor:
+    """The model-grid result (1, 1, D, H, W) for the framed voided ``image`` and bool ``mask``: sampled conditioned on
+    both (inpainting model), or RePaint (WDM model)."""
+    if task == Task.INPAINTING:
         model = unwrap_model(network)
-        condition = inpainting_condition(model.wavelet, image, model_mask)
+        condition = inpainting_condition(model.wavelet, image, mask)
         shape = (model.out_channels, *condition.shape[2:])
-        out = seeded_sample(
+        return seeded_sample(
             network,
             inferer,
             shape,
@@ -169,14 +188,8 @@ def inpaint_volume(
             conditioning=condition,
             device=device,
         )
-    else:
-        generator = torch.Generator(device=device).manual_seed(noise_seed)
-        out = inferer.inpaint(image, model_mask, network, scheduler, generator, verbose=False)
-    d_lo, d_hi = inferer.data_range
-    unit = (out[0].float().cpu() - d_lo) / (d_hi - d_lo)  # data_range -> [0, 1]
-    back = invert_framing(unit, framed[IMAGE], preprocessing, IMAGE)[0].numpy().astype(np.float64)
-    values = (p_lo + back * (p_hi - p_lo)).astype(np.float32)  # [0, 1] -> voided's units
-    return np.where(mask != 0, values, voided)
+    generator = torch.Generator(device=device).manual_seed(noise_seed)
+    return inferer.inpaint(image, mask, network, scheduler, generator, verbose=False)
 
 
 def _items(voided: np.ndarray, mask: np.ndarray, affine: torch.Tensor) -> dict[str, MetaTensor]:
