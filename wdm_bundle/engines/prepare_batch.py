@@ -255,5 +255,7 @@ class InpaintingPrepareBatch(WaveletPrepareBatch):
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
         x0, target, args, infer_kwargs = super().__call__(batchdata, device, non_blocking, **kwargs)
-        mask = _plain(batchdata[self.mask_key]).to(device, non_blocking=non_blocking, **kwargs)
-        return x0, torch.cat([target, coefficient_mask(mask).to(target.dtype)], dim=1), args, infer_kwargs
+        # the mask's LLL coefficient (condition channel 8) is > 0 exactly where `coefficient_mask` is 1 (the mask is
+        # >= 0): derived on the device from the condition already there, not a second transfer and pooling
+        weight = (infer_kwargs["condition"][:, 8:9] > 0).to(target.dtype)
+        return x0, torch.cat([target, weight], dim=1), args, infer_kwargs
