@@ -8,7 +8,8 @@ config keys of the same settings, so that an inference config can name a setting
 * space: ``lll_scale``, ``data_range``, ``image_size`` (what the network was trained on), ``spacing`` (its
   voxel size in mm, written into generated volumes);
 * data: ``pad_crop_size``, ``placement`` (pad/crop framing), ``clip_percentiles`` (intensity
-  normalisation), ``orientation``, ``modality`` (WDM) or ``contrasts``/``target_contrast`` (cWDM);
+  normalisation), ``orientation``, ``modality`` (WDM) or ``contrasts``/``target_contrast`` (cWDM; the generated
+  contrasts of a label-conditioned model), ``labels`` (the label values a label-conditioned model is conditioned on);
 * ``network``: `WaveletDiffusionUNet.config`, from which `WaveletDiffusionUNet.from_config` rebuilds it.
 
 A checkpoint without a record (written before records existed) still loads: the bundle's former
@@ -47,6 +48,7 @@ INFERENCE_CONFIGS = {
     Task.GENERATION: "inference.json",
     Task.SYNTHESIS: "inference_cwdm.json",
     Task.INPAINTING: "inference_inpaint.json",
+    Task.LABEL_GENERATION: "inference_label2image.json",
 }
 
 
@@ -72,6 +74,7 @@ def training_record(
     modality: str | None = None,
     contrasts: Sequence[str] | None = None,
     target_contrast: str | None = None,
+    labels: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """The record of a training run (see the module docstring), validated.
 
@@ -102,6 +105,7 @@ def training_record(
         "modality": modality or None,
         "contrasts": plain(contrasts),
         "target_contrast": target_contrast or None,
+        "labels": plain(labels),
         "network": dict(config),
     }
     return validate_record(record, "this training run")

@@ -19,7 +19,7 @@ from wdm_bundle.data.transforms import Placement
 from wdm_bundle.diffusion.schedulers import Diffusion, TimestepSampling
 from wdm_bundle.utils import plain
 
-__all__ = ["RECORD_VERSION", "Task", "validate_record", "schedule_settings", "compare_records"]
+__all__ = ["RECORD_VERSION", "Task", "label_values", "validate_record", "schedule_settings", "compare_records"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,12 +27,16 @@ RECORD_VERSION = 1
 
 
 class Task(StrEnum):
-    """What a model does: ``generation`` (WDM, unconditional), ``synthesis`` (cWDM, missing contrast) or
-    ``inpainting`` (conditioned on a voided image and its mask)."""
+    """What a model does: ``generation`` (WDM, unconditional), ``synthesis`` (cWDM, missing contrast),
+    ``inpainting`` (conditioned on a voided image and its mask), ``label_generation`` (contrasts from a tumour label
+    map and a brain mask) or ``segmentation`` (a SegResNet tumour segmenter, not a diffusion model: its record is
+    `wdm_bundle.engines.segmentation_record`)."""
 
     GENERATION = "generation"
     SYNTHESIS = "synthesis"
     INPAINTING = "inpainting"
+    LABEL_GENERATION = "label_generation"
+    SEGMENTATION = "segmentation"
 
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -97,6 +101,20 @@ def _name(value: Any, what: str, allow_none: bool = True) -> str | None:
     return value
 
 
+def label_values(value: Any, what: str = "labels", allow_none: bool = True) -> list[int] | None:
+    """The label values of a label map (1 to 16 distinct integers in [1, 255], background 0 implied), checked."""
+    if value is None and allow_none:
+        return None
+    if (
+        not isinstance(value, (list, tuple))
+        or not 1 <= len(value) <= 16
+        or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 255 for v in value)
+        or len(set(value)) != len(value)
+    ):
+        raise ValueError(f"{what} must be 1 to 16 distinct integers in [1, 255], got {value!r:.80}.")
+    return [int(v) for v in value]
+
+
 def validate_record(record: Any, source: str = "the record") -> dict[str, Any]:
     """Check every value of a record (types, closed sets, ranges) and return a clean copy.
 
@@ -106,12 +124,17 @@ def validate_record(record: Any, source: str = "the record") -> dict[str, Any]:
     if not isinstance(record, Mapping):
         raise ValueError(f"{source}: the training record must be a dict, got {type(record).__name__}.")
     r = dict(record)
+    if r.get("task") == Task.SEGMENTATION:
+        raise ValueError(
+            f"{source} is a segmentation model (SegResNet), not a diffusion model; use it as the segmenter of "
+            "configs/evaluate_downstream.json or scripts/synthetic_data_experiment.py."
+        )
     try:
         version = _number(r.get("version", RECORD_VERSION), "version", 1, 10**6, integer=True)
         if version > RECORD_VERSION:
             raise ValueError(f"version {version} is newer than this bundle's ({RECORD_VERSION}); update the bundle.")
         out: dict[str, Any] = {"version": RECORD_VERSION}
-        out["task"] = _choice(r.get("task"), "task", [t.value for t in Task])
+        out["task"] = _choice(r.get("task"), "task", [t.value for t in Task if t != Task.SEGMENTATION])
         out["diffusion"] = _choice(r.get("diffusion"), "diffusion", [d.value for d in Diffusion])
         out["num_train_timesteps"] = _number(r.get("num_train_timesteps"), "num_train_timesteps", 1, 100000, True)
         if out["diffusion"] == Diffusion.DDPM:
@@ -136,16 +159,18 @@ def validate_record(record: Any, source: str = "the record") -> dict[str, Any]:
         out["orientation"] = _choice(r.get("orientation"), "orientation", ["RAS", "LPS"], allow_none=True)
         out["modality"] = _name(r.get("modality") or None, "modality")
         contrasts = r.get("contrasts")
+        fewest = 1 if out["task"] == Task.LABEL_GENERATION else 2  # a label-conditioned model may make one contrast
         if contrasts is not None:
-            if not isinstance(contrasts, (list, tuple)) or not 2 <= len(contrasts) <= 16:
-                raise ValueError(f"contrasts must be a list of 2 to 16 names, got {contrasts!r:.80}.")
+            if not isinstance(contrasts, (list, tuple)) or not fewest <= len(contrasts) <= 16:
+                raise ValueError(f"contrasts must be a list of {fewest} to 16 names, got {contrasts!r:.80}.")
             contrasts = [_name(c, "contrasts[]", allow_none=False) for c in contrasts]
             if len(set(contrasts)) != len(contrasts):
                 raise ValueError(f"contrasts must be distinct, got {contrasts}.")
         out["contrasts"] = contrasts
         out["target_contrast"] = _choice(r.get("target_contrast"), "target_contrast", contrasts or [], allow_none=True)
-        if out["task"] == Task.SYNTHESIS and contrasts is None:
-            raise ValueError("a synthesis record must list its contrasts.")
+        if out["task"] in (Task.SYNTHESIS, Task.LABEL_GENERATION) and contrasts is None:
+            raise ValueError(f"a {out['task']} record must list its contrasts.")
+        out["labels"] = label_values(r.get("labels"), allow_none=out["task"] != Task.LABEL_GENERATION)
         network = r.get("network")
         if not isinstance(network, Mapping):
             raise ValueError(f"network must be a dict of constructor arguments, got {type(network).__name__}.")
