@@ -17,8 +17,10 @@ __all__ = [
     "WaveletPrepareBatch",
     "SynthesisPrepareBatch",
     "InpaintingPrepareBatch",
+    "LabelConditionPrepareBatch",
     "synthesis_inputs",
     "inpainting_condition",
+    "label_condition",
     "coefficient_mask",
 ]
 
@@ -259,3 +261,59 @@ class InpaintingPrepareBatch(WaveletPrepareBatch):
         # >= 0): derived on the device from the condition already there, not a second transfer and pooling
         weight = (infer_kwargs["condition"][:, 8:9] > 0).to(target.dtype)
         return x0, torch.cat([target, weight], dim=1), args, infer_kwargs
+
+
+def label_condition(wavelet: HaarWavelet3D, conditions: torch.Tensor) -> torch.Tensor:
+    """The label-conditioned model's condition: the DWT of the one-hot channels (B, 1 + L, D, H, W) in {0, 1}
+    ([brain mask, label == l, ...], `wdm_bundle.data.label_maps.one_hot_conditions`) -> (B, 8(1 + L), D/2, H/2, W/2)."""
+    return wavelet.encode(conditions)
+
+
+class LabelConditionPrepareBatch(WaveletPrepareBatch):
+    """Label-conditioned batches: the target is all K contrasts ``images`` (B, K, D, H, W) at once; the condition is
+    `label_condition` of ``conditions`` (B, 1 + L, D, H, W) (see `wdm_bundle.data.label_maps`).
+
+    Args:
+        num_train_timesteps, wavelet, diffusion, scheduler: as `WaveletPrepareBatch`.
+        num_contrasts: K, the generated contrasts.
+        num_conditions: 1 + L, the brain mask and one channel per label value.
+        image_key, condition_key: batch keys.
+    """
+
+    def __init__(
+        self,
+        num_train_timesteps: int,
+        wavelet: HaarWavelet3D,
+        num_contrasts: int,
+        num_conditions: int,
+        image_key: str = "images",
+        condition_key: str = "conditions",
+        diffusion: str = Diffusion.DDPM,
+        scheduler: Scheduler | None = None,
+    ) -> None:
+        super().__init__(
+            num_train_timesteps,
+            wavelet,
+            image_key=image_key,
+            condition_name=condition_key,
+            diffusion=diffusion,
+            scheduler=scheduler,
+        )
+        if num_contrasts < 1 or num_conditions < 2:
+            raise ValueError(
+                f"num_contrasts must be >= 1 and num_conditions >= 2 (brain mask + a label), got {num_contrasts}, "
+                f"{num_conditions}."
+            )
+        self.num_contrasts, self.num_conditions = num_contrasts, num_conditions
+
+    def get_inputs(
+        self, batchdata: Mapping[str, torch.Tensor], to_device: Callable[[torch.Tensor], torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clean coefficients of the contrasts (B, 8K, ...) and the condition (B, 8(1 + L), ...), on the device."""
+        images, conditions = to_device(batchdata[self.image_key]), to_device(batchdata[self.condition_name])
+        if images.shape[1] != self.num_contrasts or conditions.shape[1] != self.num_conditions:
+            raise ValueError(
+                f"expected {self.num_contrasts} contrast and {self.num_conditions} condition channels, got shapes "
+                f"{tuple(images.shape)} and {tuple(conditions.shape)}."
+            )
+        return self.wavelet.encode(images), label_condition(self.wavelet, conditions)

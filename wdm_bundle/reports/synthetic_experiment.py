@@ -113,6 +113,8 @@ def _synthetic_cases(
         json.dumps(cases),
         "--overwrite",
         str(bool(overwrite)).lower(),
+        "--allow_empty_labels",  # healthy label sources give healthy synthetic cases, as among the real ones
+        "true",
     ]
     _run(command, "synthetic pairs")
     made = {e["case"]: e for e in read_split(out / "datalist.json", "training")}
