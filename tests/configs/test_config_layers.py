@@ -31,6 +31,8 @@ COMBINATIONS = {
     ("train.json", "train_cwdm.json"): ("train", {"pad_crop_size": None}),
     ("train.json", "train_cwdm.json", "demo.json"): ("train", {}),
     ("train.json", "train_inpaint.json", "demo.json"): ("train", {}),
+    ("train.json", "train_label2image.json", "demo.json"): ("train", {}),
+    ("train_segmentation.json", "demo_segmentation.json"): ("train", {}),
     ("train.json", "train_cwdm.json", "multi_gpu_train.json"): ("train", {"pad_crop_size": None}),
     ("train.json", "train_cwdm.json", "cwdm_unet_backbone.json"): (
         "train",
@@ -47,6 +49,8 @@ COMBINATIONS = {
     ("evaluate.json",): (None, {}),
     ("evaluate_synthesis.json",): (None, {}),
     ("evaluate_inpaint.json",): (None, {}),
+    ("evaluate_downstream.json",): (None, {}),
+    ("inference_label2image.json",): ("infer", {"allow_empty_labels": True}),
     ("inference_inpaint.json",): ("infer", {}),
     ("inference.json", "inference_exported.json"): ("infer", {}),
 }
@@ -114,7 +118,9 @@ def no_engine_runs(monkeypatch):
     import ignite.engine
 
     import wdm_bundle.engines as engines
+    import wdm_bundle.engines.label_generation as label_generation
     import wdm_bundle.reports as reports
+    import wdm_bundle.reports.downstream as downstream
 
     monkeypatch.setattr(ignite.engine.Engine, "run", lambda self, *a, **k: None)
     monkeypatch.setattr(engines.VolumeGenerator, "run", lambda self, *a, **k: [])
@@ -123,6 +129,8 @@ def no_engine_runs(monkeypatch):
     monkeypatch.setattr(reports.GenerationEvaluator, "run", lambda self, *a, **k: {})
     monkeypatch.setattr(reports, "compare_synthesis", lambda *a, **k: {})
     monkeypatch.setattr(reports, "evaluate_inpainting", lambda *a, **k: {})
+    monkeypatch.setattr(downstream, "evaluate_downstream", lambda *a, **k: {})
+    monkeypatch.setattr(label_generation.LabelImageGenerator, "run", lambda self, *a, **k: [])
 
 
 @pytest.fixture
@@ -162,6 +170,10 @@ def _overrides(files, task, demo_data, tmp_path):
         return {"bundle_root": str(root), "dataset_dir": str(demo_data)}
     if "inference.json" in files:
         _save_model(ROOT, demo_data, ["train.json", "demo.json"], root / "models" / "model.pt")
+    if "inference_label2image.json" in files:
+        label2image = ["train.json", "train_label2image.json", "demo.json"]
+        _save_model(ROOT, demo_data, label2image, root / "models" / "label2image" / "model.pt")
+        return {"bundle_root": str(root), "input_dir": str(demo_data), "output_dir": str(tmp_path / "synthetic")}
     if "inference_inpaint.json" in files:
         inpaint = ["train.json", "train_inpaint.json", "demo.json"]
         _save_model(ROOT, demo_data, inpaint, root / "models" / "inpainting" / "model.pt")
