@@ -5,8 +5,10 @@ from wdm_bundle.data.demo import make_demo_dataset, make_demo_subject
 from wdm_bundle.data.demo_inpainting import make_inpainting_dataset, make_inpainting_subject
 from wdm_bundle.data.inpainting_transforms import inpainting_framing, inpainting_training_preprocessing
 from wdm_bundle.data.io import CONTRASTS, NIFTI_SUFFIXES, find_case_files, find_cases, load_volume, volume_shape
+from wdm_bundle.data.label_maps import validate_label_maps
 from wdm_bundle.data.masks import random_healthy_mask
 from wdm_bundle.data.samplers import ResumableSampler
+from wdm_bundle.data.segmentation_transforms import BratsRegionsd, labels_to_regions, regions_to_labels
 from wdm_bundle.data.transforms import (
     Placement,
     framing_transform,
@@ -39,4 +41,8 @@ __all__ = [
     "framing_transform",
     "invert_framing",
     "synthesis_preprocessing",
+    "validate_label_maps",
+    "BratsRegionsd",
+    "labels_to_regions",
+    "regions_to_labels",
 ]

@@ -20,8 +20,10 @@ from wdm_bundle.engines.handlers import IterationBudget, PreviewSampler
 from wdm_bundle.engines.inpainter import Inpainter
 from wdm_bundle.engines.inpainting import inpaint_volume, inpainting_inferer, inpainting_preprocessing
 from wdm_bundle.engines.known_records import LEGACY_RECORDS, authors_record
+from wdm_bundle.engines.label_generation import LabelImageGenerator
 from wdm_bundle.engines.prepare_batch import (
     InpaintingPrepareBatch,
+    LabelConditionPrepareBatch,
     SynthesisPrepareBatch,
     WaveletPrepareBatch,
     coefficient_mask,
@@ -31,6 +33,7 @@ from wdm_bundle.engines.prepare_batch import (
 from wdm_bundle.engines.random_state import random_state, set_random_state
 from wdm_bundle.engines.record import load_record, read_record, recorded_network, training_record
 from wdm_bundle.engines.record_schema import Task, schedule_settings, validate_record
+from wdm_bundle.engines.segmentation import Segmenter, load_segmenter, segmentation_record
 from wdm_bundle.engines.synthesis import CaseError, CaseResult, ContrastSynthesizer, case_seed, synthesize, write_like
 from wdm_bundle.engines.tracking import connect_tracking
 
@@ -77,4 +80,9 @@ __all__ = [
     "schedule_settings",
     "training_record",
     "validate_record",
+    "LabelConditionPrepareBatch",
+    "LabelImageGenerator",
+    "Segmenter",
+    "load_segmenter",
+    "segmentation_record",
 ]

@@ -35,10 +35,10 @@ from wdm_bundle.data.label_maps import (
 from wdm_bundle.data.transforms import framing_transform, invert_framing
 from wdm_bundle.data.validation import InvalidDataError
 from wdm_bundle.diffusion import WaveletDiffusionInferer, unwrap_model
-from wdm_bundle.engines.generation import network_device, seeded_sample
+from wdm_bundle.engines.generation import network_device
 from wdm_bundle.engines.prepare_batch import label_condition
 from wdm_bundle.engines.record import Task, load_record, read_record
-from wdm_bundle.engines.synthesis import case_seed, write_like
+from wdm_bundle.engines.synthesis import case_seed, sample_conditioned, write_like
 from wdm_bundle.utils import as_bool, atomic_write
 
 __all__ = ["LabelImageGenerator", "generate_contrasts", "load_label_record"]
@@ -97,21 +97,16 @@ def generate_contrasts(
     )
     framed = framing({"c": MetaTensor(one_hot_conditions(label_t, brain_t, record["labels"]))})["c"]
     condition = label_condition(model.wavelet, framed.as_tensor()[None].to(device))
-    noise_seed = case_seed(seed, case)
-    image = seeded_sample(
+    image = sample_conditioned(
         network,
         inferer,
-        (model.out_channels, *condition.shape[2:]),
-        [noise_seed],
-        noise_seed,
+        condition,
+        case_seed(seed, case),
         scheduler=scheduler,
-        conditioning=condition,
         device=device,
         amp=amp,
         amp_dtype=amp_dtype,
     )
-    lo, hi = inferer.data_range
-    image = (image[0].float().cpu() - lo) / (hi - lo)  # the record's data range -> [0, 1]
     out = invert_framing(image, framed, framing, "c").numpy().clip(0.0, 1.0)
     out[:, np.asarray(brain) == 0] = 0.0
     return out.astype(np.float32)

@@ -30,7 +30,15 @@ from wdm_bundle.engines.record import Task, read_record, recorded_network
 from wdm_bundle.utils import as_bool, atomic_write, autocast_dtype
 from wdm_bundle.visualize import save_slices_png
 
-__all__ = ["CaseError", "CaseResult", "ContrastSynthesizer", "case_seed", "synthesize", "write_like"]
+__all__ = [
+    "sample_conditioned",
+    "CaseError",
+    "CaseResult",
+    "ContrastSynthesizer",
+    "case_seed",
+    "synthesize",
+    "write_like",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +86,36 @@ def _present(
             f"the inferer clamps to {inferer.data_range}, the model was trained on {record['data_range']}."
         )
     return present
+
+
+def sample_conditioned(
+    network: nn.Module,
+    inferer: WaveletDiffusionInferer,
+    condition: torch.Tensor,
+    noise_seed: int,
+    *,
+    scheduler: Scheduler | None = None,
+    device: str | torch.device | None = None,
+    amp: bool = False,
+    amp_dtype: str | torch.dtype | None = None,
+) -> torch.Tensor:
+    """One conditioned sample of a conditional model: (1, C, D/2, H/2, W/2) ``condition`` on ``device`` -> (K, D, H, W)
+    float CPU image in [0, 1] (the inferer's data range mapped back; K the network's ``out_channels``), framed as
+    the model's grid. ``noise_seed``, ``scheduler``, ``amp``, ``amp_dtype``: as `seeded_sample`."""
+    image = seeded_sample(
+        network,
+        inferer,
+        (unwrap_model(network).out_channels, *condition.shape[2:]),
+        [noise_seed],
+        noise_seed,
+        scheduler=scheduler,
+        conditioning=condition,
+        device=device,
+        amp=amp,
+        amp_dtype=amp_dtype,
+    )
+    lo, hi = inferer.data_range
+    return (image[0].float().cpu() - lo) / (hi - lo)
 
 
 @torch.no_grad()
@@ -135,21 +173,16 @@ def synthesize(
     stack = torch.cat(slots)[None].to(device)  # (1, K, D', H', W'); the target's slot is never a condition
     targets = torch.tensor([contrasts.index(target)], device=device)
     _, condition = synthesis_inputs(model.wavelet, stack, targets, unified=record.get("target_contrast") is None)
-    noise_seed = case_seed(seed, case)
-    image = seeded_sample(
+    image = sample_conditioned(
         network,
         inferer,
-        (model.out_channels, *condition.shape[2:]),
-        [noise_seed],
-        noise_seed,
+        condition,
+        case_seed(seed, case),
         scheduler=scheduler,
-        conditioning=condition,
         device=device,
         amp=amp,
         amp_dtype=amp_dtype,
     )
-    lo, hi = inferer.data_range
-    image = (image[0].float().cpu() - lo) / (hi - lo)  # the record's data range -> [0, 1]
     out = invert_framing(image, ref, preprocessing, present[0])[0].numpy()  # exact inverse of the pad/crop
     out[np.all([a == 0 for a in arrays.values()], axis=0)] = 0.0  # background
     return out

@@ -16,12 +16,14 @@ from wdm_bundle.metrics.fid import FeatureStatistics, frechet_distance
 from wdm_bundle.metrics.inpainting_baselines import INPAINTING_BASELINES, harmonic_fill, mean_fill
 from wdm_bundle.metrics.med3d import MED3D_FEATURE_DIM, Med3DResNet50, load_med3d_weights, med3d_normalize
 from wdm_bundle.metrics.paired import METRIC_KEYS, normalize_percentiles, paired_metrics
+from wdm_bundle.metrics.segmentation import brats_region_metrics
 
 __all__ = [
     *baselines.__all__,
     "METRIC_KEYS",
     "normalize_percentiles",
     "paired_metrics",
+    "brats_region_metrics",
     "FeatureStatistics",
     "frechet_distance",
     "MED3D_FEATURE_DIM",
