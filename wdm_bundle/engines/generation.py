@@ -21,7 +21,15 @@ from wdm_bundle.diffusion import WaveletDiffusionInferer, unwrap_model
 from wdm_bundle.utils import as_bool, autocast_dtype
 from wdm_bundle.visualize import save_slices_png
 
-__all__ = ["VolumeGenerator", "centered_affine", "generate", "sample_seed", "seeded_sample", "write_volume"]
+__all__ = [
+    "VolumeGenerator",
+    "centered_affine",
+    "generate",
+    "sample_conditioned",
+    "sample_seed",
+    "seeded_sample",
+    "write_volume",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -289,3 +297,33 @@ class VolumeGenerator:
         share = f" (rank {self.rank} of {self.world_size})" if self.world_size > 1 else ""
         logger.info(f"wrote {len(written)} volume(s) to '{self.output_dir}'{share}.")
         return written
+
+
+def sample_conditioned(
+    network: nn.Module,
+    inferer: WaveletDiffusionInferer,
+    condition: torch.Tensor,
+    noise_seed: int,
+    *,
+    scheduler: Scheduler | None = None,
+    device: str | torch.device | None = None,
+    amp: bool = False,
+    amp_dtype: str | torch.dtype | None = None,
+) -> torch.Tensor:
+    """One conditioned sample of a conditional model: (1, C, D/2, H/2, W/2) ``condition`` on ``device`` -> (K, D, H, W)
+    float CPU image in [0, 1] (the inferer's data range mapped back; K the network's ``out_channels``), framed as
+    the model's grid. ``noise_seed``, ``scheduler``, ``amp``, ``amp_dtype``: as `seeded_sample`."""
+    image = seeded_sample(
+        network,
+        inferer,
+        (unwrap_model(network).out_channels, *condition.shape[2:]),
+        [noise_seed],
+        noise_seed,
+        scheduler=scheduler,
+        conditioning=condition,
+        device=device,
+        amp=amp,
+        amp_dtype=amp_dtype,
+    )
+    lo, hi = inferer.data_range
+    return (image[0].float().cpu() - lo) / (hi - lo)

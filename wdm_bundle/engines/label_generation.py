@@ -35,10 +35,10 @@ from wdm_bundle.data.label_maps import (
 from wdm_bundle.data.transforms import framing_transform, invert_framing
 from wdm_bundle.data.validation import InvalidDataError
 from wdm_bundle.diffusion import WaveletDiffusionInferer, unwrap_model
-from wdm_bundle.engines.generation import network_device
+from wdm_bundle.engines.generation import network_device, sample_conditioned
 from wdm_bundle.engines.prepare_batch import label_condition
 from wdm_bundle.engines.record import Task, load_record, read_record
-from wdm_bundle.engines.synthesis import case_seed, sample_conditioned, write_like
+from wdm_bundle.engines.synthesis import case_seed, write_like
 from wdm_bundle.utils import as_bool, atomic_write
 
 __all__ = ["LabelImageGenerator", "generate_contrasts", "load_label_record"]

@@ -24,21 +24,13 @@ from wdm_bundle.data.io import find_case_files, find_cases
 from wdm_bundle.data.transforms import invert_framing, synthesis_preprocessing
 from wdm_bundle.diffusion import WaveletDiffusionInferer, unwrap_model
 from wdm_bundle.engines.checkpoint import load_weights
-from wdm_bundle.engines.generation import network_device, sample_seed, seeded_sample
+from wdm_bundle.engines.generation import network_device, sample_conditioned, sample_seed
 from wdm_bundle.engines.prepare_batch import synthesis_inputs
 from wdm_bundle.engines.record import Task, read_record, recorded_network
 from wdm_bundle.utils import as_bool, atomic_write, autocast_dtype
 from wdm_bundle.visualize import save_slices_png
 
-__all__ = [
-    "sample_conditioned",
-    "CaseError",
-    "CaseResult",
-    "ContrastSynthesizer",
-    "case_seed",
-    "synthesize",
-    "write_like",
-]
+__all__ = ["CaseError", "CaseResult", "ContrastSynthesizer", "case_seed", "synthesize", "write_like"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,36 +78,6 @@ def _present(
             f"the inferer clamps to {inferer.data_range}, the model was trained on {record['data_range']}."
         )
     return present
-
-
-def sample_conditioned(
-    network: nn.Module,
-    inferer: WaveletDiffusionInferer,
-    condition: torch.Tensor,
-    noise_seed: int,
-    *,
-    scheduler: Scheduler | None = None,
-    device: str | torch.device | None = None,
-    amp: bool = False,
-    amp_dtype: str | torch.dtype | None = None,
-) -> torch.Tensor:
-    """One conditioned sample of a conditional model: (1, C, D/2, H/2, W/2) ``condition`` on ``device`` -> (K, D, H, W)
-    float CPU image in [0, 1] (the inferer's data range mapped back; K the network's ``out_channels``), framed as
-    the model's grid. ``noise_seed``, ``scheduler``, ``amp``, ``amp_dtype``: as `seeded_sample`."""
-    image = seeded_sample(
-        network,
-        inferer,
-        (unwrap_model(network).out_channels, *condition.shape[2:]),
-        [noise_seed],
-        noise_seed,
-        scheduler=scheduler,
-        conditioning=condition,
-        device=device,
-        amp=amp,
-        amp_dtype=amp_dtype,
-    )
-    lo, hi = inferer.data_range
-    return (image[0].float().cpu() - lo) / (hi - lo)
 
 
 @torch.no_grad()
