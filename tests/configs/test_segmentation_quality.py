@@ -122,17 +122,23 @@ def test_label_conditioned_samples_carry_their_tumour(repo_root, demo64, real_se
 
 
 def test_synthetic_data_experiment(repo_root, demo64, generator, tmp_path):
-    """8 real cases, 8 synthetic pairs, 8 real + 24 synthetic, 32 real: every arm trained and scored on the 16
-    held-out real cases; the table, CSV and plot are written."""
+    """8 real cases, 8 synthetic pairs, 8 real + 24 synthetic: every arm trained and scored on the 16 held-out real
+    cases; the table, CSV and plot are written."""
     summary = run_synthetic_data_experiment(
-        demo64 / "datalist.json", generator, tmp_path / "experiment", num_real=8, num_synthetic=24, seed=0
+        demo64 / "datalist.json",
+        generator,
+        tmp_path / "experiment",
+        num_real=8,
+        num_synthetic=24,
+        seed=0,
+        upper_bound=False,  # the 32-real arm of docs/segmentation.md: 1.7 min more, kept out of CI's hour
     )
     dice = {
         arm: float(np.mean([s["tumour_cases"][r]["dice"]["mean"] for r in ("ET", "TC", "WT")]))
         for arm, s in summary["arms"].items()
     }
     print(json.dumps(dice, indent=1), (tmp_path / "experiment" / "experiment.md").read_text())
-    assert set(dice) == {"real", "synthetic", "real+synthetic", "real_all"}
+    assert set(dice) == {"real", "synthetic", "real+synthetic"}
     for name in ("experiment.md", "experiment.json", "per_case.csv", "experiment.png"):
         assert (tmp_path / "experiment" / name).stat().st_size > 100
     # a segmenter trained on synthetic pairs alone finds tumours in real images. Measured (docs/segmentation.md),
