@@ -9,7 +9,6 @@ Runs ``configs/inference_label2image.json`` from the repository root without ins
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +23,12 @@ from wdm_bundle.data.label_maps import check_case_name  # noqa: E402
 from wdm_bundle.diffusion.schedulers import Sampler  # noqa: E402
 from wdm_bundle.utils import as_bool, install_error_report  # noqa: E402
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+def _is_plain_name(name: str) -> bool:
+    try:
+        return check_case_name(name) == name
+    except ValueError:
+        return False
 
 
 def _names(value: str | Sequence[str] | None, what: str) -> list[str] | None:
@@ -34,7 +38,7 @@ def _names(value: str | Sequence[str] | None, what: str) -> list[str] | None:
         return None
     items = value.strip().strip("[]").split(",") if isinstance(value, str) else list(value)
     names = [str(v).strip().strip("'\"").strip() for v in items if str(v).strip()]
-    bad = [n for n in names if not _NAME.match(n)]
+    bad = [n for n in names if not _is_plain_name(n)]
     if not names or bad:
         raise ValueError(f"--{what} must be plain names (letters, digits, '_.-'), got {value!r:.80}.")
     return names

@@ -20,11 +20,11 @@ from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, LoadImag
 
 from wdm_bundle.data.datalists import build_datalist
 from wdm_bundle.data.io import CONTRASTS, NIFTI_SUFFIXES, load_nifti, spatial_shape
+from wdm_bundle.data.segmentation_transforms import BRATS_LABELS
 from wdm_bundle.data.transforms import Placement, framing_transform, synthesis_preprocessing
 from wdm_bundle.data.validation import InvalidDataError
 
 __all__ = [
-    "DEFAULT_LABELS",
     "LabelConditionsd",
     "brain_mask_file",
     "check_case_name",
@@ -36,8 +36,6 @@ __all__ = [
     "validate_label_maps",
 ]
 
-#: BraTS tumour labels: 1 necrotic core (NCR), 2 oedema (SNFH), 3 enhancing tumour (ET).
-DEFAULT_LABELS: tuple[int, ...] = (1, 2, 3)
 _SUFFIX = re.compile(r"^[-_][A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _CASE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -131,7 +129,7 @@ def _label_problem(
 
 def validate_label_maps(
     entries: Iterable[Mapping[str, str]],
-    labels: Sequence[int] = DEFAULT_LABELS,
+    labels: Sequence[int] = BRATS_LABELS,
     allow_empty: bool = False,
     label_key: str = "seg",
     reference_key: str | None = "brainmask",
@@ -163,9 +161,7 @@ def validate_label_maps(
     return len(entries)
 
 
-def one_hot_conditions(
-    label: torch.Tensor, brain: torch.Tensor, labels: Sequence[int] = DEFAULT_LABELS
-) -> torch.Tensor:
+def one_hot_conditions(label: torch.Tensor, brain: torch.Tensor, labels: Sequence[int] = BRATS_LABELS) -> torch.Tensor:
     """Condition channels of a label map and a brain image, both (1, D, H, W) (the brain: any image whose non-zero
     voxels are the brain) -> (1 + L, D, H, W) float32 in {0, 1}: ``[brain != 0, label == labels[0], ...]``."""
     label, brain = torch.as_tensor(label), torch.as_tensor(brain)
@@ -181,7 +177,7 @@ class LabelConditionsd(MapTransform):
 
     def __init__(
         self,
-        labels: Sequence[int] = DEFAULT_LABELS,
+        labels: Sequence[int] = BRATS_LABELS,
         label_key: str = "seg",
         mask_key: str = "brainmask",
         output_key: str = "conditions",
@@ -199,7 +195,7 @@ class LabelConditionsd(MapTransform):
 
 def label_generation_preprocessing(
     contrasts: Sequence[str],
-    labels: Sequence[int] = DEFAULT_LABELS,
+    labels: Sequence[int] = BRATS_LABELS,
     pad_crop_size: Sequence[int] | None = None,
     placement: str = Placement.END,
     clip_percentiles: Sequence[float] = (0.1, 99.9),

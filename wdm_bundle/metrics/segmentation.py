@@ -23,23 +23,13 @@ from monai.metrics import DiceMetric
 from monai.metrics.utils import get_edge_surface_distance
 from monai.utils import optional_import
 
-from wdm_bundle.data.segmentation_transforms import labels_to_regions
+from wdm_bundle.data.segmentation_transforms import BRATS_LABELS, labels_to_regions
 
-__all__ = [
-    "BACKENDS",
-    "HD95_EMPTY",
-    "REGIONS",
-    "REGION_LABELS",
-    "brats_region_metrics",
-    "region_masks",
-    "resolve_backend",
-]
+__all__ = ["BACKENDS", "HD95_EMPTY", "REGIONS", "brats_region_metrics", "region_masks", "resolve_backend"]
 
 Backend = Literal["auto", "panoptica", "monai"]
 BACKENDS: tuple[str, ...] = ("auto", "panoptica", "monai")
 REGIONS: tuple[str, ...] = ("ET", "TC", "WT")
-#: The labels that make up each region (BraTS 2023: 1 NCR, 2 SNFH, 3 ET).
-REGION_LABELS: dict[str, tuple[int, ...]] = {"ET": (3,), "TC": (1, 3), "WT": (1, 2, 3)}
 #: HD95 when exactly one of prediction and reference is empty: the diagonal of the 240 x 240 x 155 BraTS grid in mm
 #: (the BraTS convention; the official ``brats_evaluation`` parser rounds it to 373).
 HD95_EMPTY: float = 373.13
@@ -64,7 +54,7 @@ def resolve_backend(backend: Backend = "auto") -> str:
 
 def region_masks(labels: np.ndarray) -> dict[str, np.ndarray]:
     """``{"ET", "TC", "WT": (D, H, W) bool}`` of (D, H, W) integer labels 0..3 (`labels_to_regions`)."""
-    tc, wt, et = labels_to_regions(np.asarray(labels), labels=(1, 2, 3)).astype(bool)
+    tc, wt, et = labels_to_regions(np.asarray(labels), labels=BRATS_LABELS).astype(bool)
     return {"ET": et, "TC": tc, "WT": wt}
 
 

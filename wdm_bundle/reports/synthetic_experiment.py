@@ -254,12 +254,15 @@ def run_synthetic_data_experiment(
         FileExistsError: ``output_dir`` holds an earlier experiment and ``overwrite`` is False.
         ValueError: too few cases (`plan_experiment`). RuntimeError: a step failed (its last output lines).
     """
-    out = Path(output_dir)
+    # absolute paths: the steps pass them to monai.bundle's config parser, which evaluates a leading '$' or '@'
+    out = Path(output_dir).resolve()
     if (out / "experiment.json").exists() and not overwrite:
         raise FileExistsError(f"'{out}' holds an earlier experiment; pass --overwrite true to replace it.")
     out.mkdir(parents=True, exist_ok=True)
     plan = plan_experiment(datalist, num_real, num_synthetic, seed)
-    synthetic = _synthetic_cases(plan, Path(generator_bundle), out / "synthetic_data", num_inference_steps, seed, True)
+    synthetic = _synthetic_cases(
+        plan, Path(generator_bundle).resolve(), out / "synthetic_data", num_inference_steps, seed, True
+    )
     arms = {
         "real": plan["real"],
         "synthetic": synthetic[:num_real],
