@@ -30,6 +30,7 @@ __all__ = [
     "run_sampling",
     "run_memory",
     "run_quality",
+    "score_samples",
     "parse_sections",
     "run_sections",
 ]
@@ -39,7 +40,7 @@ logger = logging.getLogger("benchmark")
 #: the repository root: the bundle configs of the quality section
 REPO = Path(__file__).resolve().parents[2]
 #: the sections, in the order they run
-SECTIONS = ("wavelet", "training", "sampling", "memory", "quality")
+SECTIONS = ("wavelet", "training", "sampling", "memory", "efficiency", "objectives", "quality", "fewstep", "levels")
 
 #: (sampler, steps) rows of the sampling-time table; None = all T steps.
 SAMPLERS = [("ddpm", None), ("ddim", 100), ("ddim", 50), ("ddim", 10), ("rflow", 30)]
@@ -58,9 +59,32 @@ FULL = {
     "quality_samples": 8,
     "demo_cases": 40,
     "demo_size": 32,
+    # (size, wavelet levels) of extra denoising-step memory rows, with the 256^3 network
+    "memory_levels": [[512, 2]],
+    # training-step memory with checkpointing only (without it these do not fit this machine's RAM)
+    "checkpointing_only_sizes": [256],
+    "efficiency_net": "paper128",
+    "efficiency_size": 128,
+    "objective_stages": [250, 500, 750, 1000, 1500],
+    "objective_reference": 1500,
+    "objective_cap": 750,
+    "objective_options": None,
+    "study_samples": 8,
+    "fewstep_seeds": [1, 2, 3],
+    "fewstep_runs": None,
+    "levels_size": 64,
+    "levels_cases": 40,
+    "levels_iterations": 300,
+    "levels_batch_size": 2,
 }
 #: On a GPU the paper's own setting is within reach: paper U-Net, 128^3 sampling, 256^3 training memory.
-GPU = {"train_net": "paper128", "sampling_net": "paper128", "sampling_size": 128, "checkpointing_size": 256}
+GPU = {
+    "train_net": "paper128",
+    "sampling_net": "paper128",
+    "sampling_size": 128,
+    "checkpointing_size": 256,
+    "checkpointing_only_sizes": [],
+}
 QUICK = {
     "wavelet_sizes": [16, 32],
     "train_sizes": [16, 32],
@@ -75,6 +99,21 @@ QUICK = {
     "quality_samples": 3,
     "demo_cases": 8,
     "demo_size": 32,
+    "memory_levels": [[64, 2]],
+    "checkpointing_only_sizes": [16],
+    "efficiency_net": "tiny",
+    "efficiency_size": 16,
+    "objective_stages": [3, 6],
+    "objective_reference": 6,
+    "objective_cap": 3,
+    "objective_options": 2,
+    "study_samples": 2,
+    "fewstep_seeds": [1],
+    "fewstep_runs": 3,
+    "levels_size": 32,
+    "levels_cases": 8,
+    "levels_iterations": 3,
+    "levels_batch_size": 2,
 }
 
 
@@ -144,6 +183,14 @@ def run_memory(cfg: dict, device: str, quick: bool) -> dict:
                 row["bf16"] = timing.denoising_step_memory(net, size, device, torch.bfloat16)
             inference.append(row)
             del net
+    for size, levels in cfg["memory_levels"]:
+        net_name = "tiny" if quick else "paper256"  # level 2 at 512^3: the coefficients of a level-1 256^3 volume
+        logger.info(f"denoising-step memory, {size}^3 at wavelet level {levels}, fp32")
+        net = timing.build_network(net_name, wavelet_levels=levels)
+        row = {"size": size, "net": net_name, "space": "wavelet", "levels": levels}
+        row["fp32"] = timing.denoising_step_memory(net, size, device)
+        inference.append(row)
+        del net
     size = cfg["checkpointing_size"]
     net_name = _memory_net(size, quick)
     training = {"size": size, "net": net_name, "batch": 1}
@@ -160,7 +207,25 @@ def run_memory(cfg: dict, device: str, quick: bool) -> dict:
             torch.cuda.empty_cache()
         training[key + "_time"] = time.perf_counter() - start  # one profiled step
         del net
-    return {"native_bf16": native, "inference": inference, "training": training}
+    return {
+        "native_bf16": native,
+        "inference": inference,
+        "training": training,
+        "checkpointed_training": [
+            _checkpointed_training(size, device, quick) for size in cfg["checkpointing_only_sizes"]
+        ],
+    }
+
+
+def _checkpointed_training(size: int, device: str, quick: bool) -> dict:
+    """Peak memory of one training step with activation checkpointing at ``size``^3 (the step without it would
+    not fit this machine's RAM)."""
+    net_name = _memory_net(size, quick)
+    logger.info(f"training-step memory at {size}^3, activation checkpointing on")
+    net = timing.build_network(net_name, activation_checkpointing=True)
+    start = time.perf_counter()
+    m = timing.training_step_memory(net, size, device, breakdown=True)
+    return {"size": size, "net": net_name, "batch": 1, **m, "seconds": time.perf_counter() - start}
 
 
 def _held_out_images(data_dir: Path, out_dir: Path) -> Path:
@@ -262,21 +327,23 @@ def _train_models(cfg: dict, work_dir: Path, common: dict, bundles_given: dict[s
     return bundles, train_seconds
 
 
-def _sample_and_score(
-    run: tuple, root: Path, cfg: dict, common: dict, work_dir: Path, real_dir: Path, med3d_weights: str | None
+def score_samples(
+    root: Path,
+    name: str,
+    sampling: dict,
+    common: dict,
+    work_dir: Path,
+    real_dir: Path,
+    med3d_weights: str | None = None,
 ) -> dict:
-    """One quality row: sample ``cfg["quality_samples"]`` volumes with ``run`` = (sampler, steps, model) and score
-    them against ``real_dir``."""
+    """Sample the demo model in bundle ``root`` with ``sampling`` (`inference.json` overrides: ``num_samples``,
+    ``sampler``, ``num_inference_steps``, ``seed``, ...) into ``work_dir/samples/<name>`` and score the samples
+    against ``real_dir``: {time, num_samples, ms_ssim_fake, ms_ssim_real, fid, mean_image_rmse, histogram_w1}."""
     from wdm_bundle.reports import GenerationEvaluator
 
-    (sampler, steps, model), num_t, n = run, cfg["num_train_timesteps"], cfg["quality_samples"]
-    steps = None if steps is None else min(steps, num_t)
-    label = _label(sampler, steps, num_t)
-    name = quality_name({"sampler": label, "model": model})
     out = work_dir / "samples" / name
     shutil.rmtree(out, ignore_errors=True)
-    logger.info(f"sampling {n} volumes with {name}")
-    sampling = {"num_samples": n, "batch_size": n, "sampler": sampler, "num_inference_steps": steps, "seed": 1}
+    logger.info(f"sampling {sampling['num_samples']} volumes: {name}")
     options = {"bundle_root": str(root), "output_dir": str(out), "progress": False, "save_png": False, **common}
     wf = _workflow(["inference.json", "demo.json"], "infer", **sampling, **options)
     start = time.perf_counter()
@@ -293,21 +360,34 @@ def _sample_and_score(
         num_preview=2,
     ).run()
     values = {k: metrics[k].get("value") for k in ("ms_ssim_fake", "ms_ssim_real", "fid")}
-    return {"sampler": label, "model": model, "num_samples": n, "time": seconds, **values, **_distances(out, real_dir)}
+    return {"time": seconds, "num_samples": sampling["num_samples"], **values, **_distances(out, real_dir)}
+
+
+def _sample_and_score(
+    run: tuple, root: Path, cfg: dict, common: dict, work_dir: Path, real_dir: Path, med3d_weights: str | None
+) -> dict:
+    """One quality row: sample ``cfg["quality_samples"]`` volumes with ``run`` = (sampler, steps, model) and score
+    them against ``real_dir``."""
+    (sampler, steps, model), num_t, n = run, cfg["num_train_timesteps"], cfg["quality_samples"]
+    steps = None if steps is None else min(steps, num_t)
+    label = _label(sampler, steps, num_t)
+    name = quality_name({"sampler": label, "model": model})
+    sampling = {"num_samples": n, "batch_size": n, "sampler": sampler, "num_inference_steps": steps, "seed": 1}
+    scores = score_samples(root, name, sampling, common, work_dir, real_dir, med3d_weights)
+    return {"sampler": label, "model": model, **scores}
 
 
 def run_quality(
     cfg: dict,
     device: str,
     work_dir: Path,
-    demo_data: str | None,
+    demo_data: str,
+    real_dir: Path,
     bundles_given: dict[str, str | None],
     med3d_weights: str | None,
 ) -> dict:
     """Train demo models with the same budget (DDPM x0; RFlow velocity and RFlow x0 output), sample each way, score
     against held-out data. ``bundles_given``: {objective: bundle root of an already trained model, or None}."""
-    demo_data = _demo_data(cfg, work_dir, demo_data)
-    real_dir = _held_out_images(Path(demo_data), work_dir / "real")
     common = {"dataset_dir": demo_data, "num_train_timesteps": cfg["num_train_timesteps"], "device": device}
     bundles, train_seconds = _train_models(cfg, work_dir, common, bundles_given)
     rows = [
@@ -319,6 +399,7 @@ def run_quality(
         "demo_data": demo_data,
         "rows": rows,
         "med3d_weights": med3d_weights,
+        "bundles": {k: str(v) for k, v in bundles.items()},
     }
 
 
@@ -341,18 +422,49 @@ def run_sections(
     bundles_given: dict[str, str | None] | None = None,
     med3d_weights: str | None = None,
 ) -> dict:
-    """{section: rows} of each section in ``chosen`` (in `SECTIONS` order); the quality section trains and samples
-    in ``work_dir`` (default: a temporary folder, removed afterwards)."""
+    """{section: rows} of each section in ``chosen`` (in `SECTIONS` order); the sections that train and sample do
+    so in ``work_dir`` (default: a temporary folder, removed afterwards)."""
+    from . import efficiency, fewstep, studies
+
     scratch = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="wdm_benchmark_"))
+    bundles_given = dict(bundles_given or {})
+    demo: dict = {}
+
+    def data() -> tuple[str, Path]:
+        if not demo:
+            demo["dir"] = _demo_data(cfg, scratch, demo_data)
+            demo["real"] = _held_out_images(Path(demo["dir"]), scratch / "real")
+        return demo["dir"], demo["real"]
+
+    def fast(results: dict) -> list[dict]:
+        quality = results.get("quality") or run_quality(cfg, device, scratch, *data(), bundles_given, med3d_weights)
+        root = Path(quality["bundles"]["ddpm"])
+        runs = fewstep.FEWSTEP_RUNS[: cfg["fewstep_runs"]]
+        return fewstep.run_fewstep(root, *data(), scratch, device, cfg, quality["rows"][0], runs=runs)
+
     runs = {
-        "wavelet": lambda: run_wavelet(cfg, device),
-        "training": lambda: run_training(cfg, device),
-        "sampling": lambda: run_sampling(cfg, device),
-        "memory": lambda: run_memory(cfg, device, quick),
-        "quality": lambda: run_quality(cfg, device, scratch, demo_data, bundles_given or {}, med3d_weights),
+        "wavelet": lambda _: run_wavelet(cfg, device),
+        "training": lambda _: run_training(cfg, device),
+        "sampling": lambda _: run_sampling(cfg, device),
+        "memory": lambda _: run_memory(cfg, device, quick),
+        "efficiency": lambda _: efficiency.run_efficiency(cfg, device),
+        "objectives": lambda _: studies.run_objectives(cfg, device, scratch, *data()),
+        "quality": lambda _: run_quality(cfg, device, scratch, *data(), bundles_given, med3d_weights),
+        "fewstep": fast,
+        "levels": lambda _: studies.run_levels(cfg, device, scratch),
     }
+    results: dict = {}
     try:
-        return {name: runs[name]() for name in SECTIONS if name in chosen}
+        for name in SECTIONS:
+            if name in chosen:
+                start = time.perf_counter()
+                try:
+                    results[name] = runs[name](results)
+                except Exception as e:  # one failed section must not lose the others' minutes of measuring
+                    logger.exception(f"section '{name}' failed")
+                    results.setdefault("failed", {})[name] = f"{type(e).__name__}: {e}"
+                results.setdefault("section_seconds", {})[name] = time.perf_counter() - start
+        return results
     finally:
         if not work_dir:
             shutil.rmtree(scratch, ignore_errors=True)

@@ -10,12 +10,16 @@ import numpy as np
 
 from wdm_bundle.utils import atomic_write
 
+from . import efficiency, fewstep, report_studies
 from .targets import rerun_rows, targets
 from .timing import NETWORKS
 
 __all__ = ["write_markdown", "write_plot", "write_report", "rewrite_report"]
 
 logger = logging.getLogger("benchmark")
+
+#: plots of single sections, next to ``images/performance.png``
+_EXTRA_PNG = {"objectives": "images/performance_objectives.png", "fewstep": "images/performance_fewstep.png"}
 
 
 def _gb(b: float | None) -> str:
@@ -50,6 +54,8 @@ def _header(results: dict, png_name: str | None) -> list[str]:
     ]
     if png_name:
         lines += [f"![performance]({png_name})", ""]
+    for name, error in (results.get("failed") or {}).items():
+        lines += [f"> **Section `{name}` failed** and is missing below: `{error}`", ""]
     rows = targets(results)
     if rows:
         lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
@@ -255,9 +261,17 @@ def write_markdown(results: dict, path: Path, png_name: str | None) -> None:
     if results.get("sampling"):
         lines += _sampling_section(results["sampling"], results["settings"]["repeats"])
     if results.get("memory"):
-        lines += _memory_section(results["memory"])
+        lines += _memory_section(results["memory"]) + report_studies.scaling_lines(results["memory"])
+    if results.get("efficiency"):
+        lines += efficiency.markdown_efficiency(results["efficiency"])
+    if results.get("objectives"):
+        lines += report_studies.objectives_section(results["objectives"], _EXTRA_PNG["objectives"])
     if results.get("quality"):
         lines += _quality_section(results["quality"])
+    if results.get("fewstep"):
+        lines += fewstep.markdown_fewstep(results["fewstep"], _EXTRA_PNG["fewstep"])
+    if results.get("levels"):
+        lines += report_studies.levels_section(results["levels"])
     if results.get("previous"):
         lines += _rerun_section(results, results["previous"])
     lines += [
@@ -365,6 +379,10 @@ def write_report(results: dict, out: Path) -> str:
     results["targets"] = [{"target": t, "measured": m, "met": ok} for t, m, ok in targets(results)]
     out.mkdir(parents=True, exist_ok=True)
     write_plot(results, png_path)
+    if results.get("objectives"):
+        report_studies.plot_objectives(results["objectives"], out / _EXTRA_PNG["objectives"])
+    if results.get("fewstep"):
+        fewstep.plot_fewstep(results["fewstep"], out / _EXTRA_PNG["fewstep"])
     atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2) + "\n"))
     write_markdown(results, md_path, str(png_path.relative_to(out)))
     return str(md_path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .efficiency import efficiency_targets
+from .fewstep import fewstep_targets
 from .measure import quality_name
 
 __all__ = ["QUALITY_NAMES", "quality_deviations", "targets", "key_numbers", "rerun_rows"]
@@ -30,6 +32,10 @@ def quality_deviations(row: dict, ref: dict) -> dict:
         change = row[k] / ref[k] - 1
         devs[k] = max(0.0, change) if k in _LOWER_IS_BETTER else abs(change)
     return devs
+
+
+def _gb(b: float) -> str:
+    return f"{b / 1e9:.2f} GB"
 
 
 def _wavelet_targets(rows: list[dict]) -> list[tuple[str, str, bool | None]]:
@@ -102,6 +108,48 @@ def _fast_sampler_targets(results: dict) -> list[tuple[str, str, bool | None]]:
     return out
 
 
+def _scaling_targets(mem: dict) -> list[tuple[str, str, bool | None]]:
+    """512^3 at wavelet level 2 against 256^3 at level 1; a 256^3 training step with activation checkpointing."""
+    out = []
+    rows = mem.get("inference") or []
+    base = next((r for r in rows if r["size"] == 256 and r.get("levels", 1) == 1), None)
+    for r in rows:
+        if r.get("levels", 1) > 1 and base is not None:
+            ratio = r["fp32"] / base["fp32"]
+            out.append(
+                (
+                    f"fp32 denoising step at {r['size']}³, wavelet level {r['levels']} ({r['net']} U-Net), ≤1.05× "
+                    "the level-1 256³ step",
+                    f"{_gb(r['fp32'])} vs {_gb(base['fp32'])}: {ratio:.3f}×",
+                    ratio <= 1.05,
+                )
+            )
+    for t in mem.get("checkpointed_training") or []:
+        out.append(
+            (
+                f"Training step at {t['size']}³ ({t['net']}, batch 1, fp32, activation checkpointing) ≤16 GB",
+                _gb(t["total"]),
+                t["total"] <= 16e9,
+            )
+        )
+    return out
+
+
+def _objective_target(study: dict) -> tuple[str, str, bool | None]:
+    ref = study["reference_iterations"]
+    ratios = {r["name"]: r["reached_at"] / ref for r in study["rows"][1:] if r["reached_at"] is not None}
+    target = f"Half the training iterations to the paper objective's quality at {ref} iterations"
+    if not ratios:
+        return target, f"no option reached it within {study['cap']} iterations", False
+    best = min(ratios, key=ratios.get)
+    return (
+        target,
+        f"best: {best}, {ratios[best]:.2f}× ({study['rows'][0]['name']}: itself "
+        + (f"{study['rows'][0]['reached_at'] / ref:.2f}×)"),
+        ratios[best] <= 0.5,
+    )
+
+
 def targets(results: dict) -> list[tuple[str, str, bool | None]]:
     """(target, measured, met) rows; met is None when the run had no data for it."""
     out = []
@@ -118,6 +166,14 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
         else:
             ratio = m["plain"] / m["checkpointing"]
             out.append((target, f"{ratio:.1f}×", ratio >= 2))
+    if results.get("memory"):
+        out += _scaling_targets(results["memory"])
+    if results.get("efficiency"):
+        out += efficiency_targets(results["efficiency"])
+    if results.get("fewstep"):
+        out += fewstep_targets(results["fewstep"])
+    if results.get("objectives"):
+        out.append(_objective_target(results["objectives"]))
     return out
 
 

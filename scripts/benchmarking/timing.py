@@ -148,14 +148,20 @@ NETWORKS = {
 }
 
 
-def build_network(name: str, space: str = "wavelet", activation_checkpointing: bool = False, seed: int = 0):
-    """`WaveletDiffusionUNet` of preset ``name`` (see `NETWORKS`) in ``space`` ("wavelet" = WDM, "image" = 3D DDPM)."""
+def build_network(
+    name: str, space: str = "wavelet", activation_checkpointing: bool = False, seed: int = 0, wavelet_levels: int = 1
+):
+    """`WaveletDiffusionUNet` of preset ``name`` (see `NETWORKS`) in ``space`` ("wavelet" = WDM, "image" = 3D DDPM),
+    with ``wavelet_levels`` DWT levels (wavelet space)."""
     from wdm_bundle.networks import WaveletDiffusionUNet
 
     if name not in NETWORKS:
         raise ValueError(f"unknown network preset '{name}'; choose one of {sorted(NETWORKS)}.")
     torch.manual_seed(seed)
-    net = WaveletDiffusionUNet(space=space, activation_checkpointing=activation_checkpointing, **NETWORKS[name])
+    levels = {"wavelet_levels": wavelet_levels} if wavelet_levels != 1 else {}
+    net = WaveletDiffusionUNet(
+        space=space, activation_checkpointing=activation_checkpointing, **levels, **NETWORKS[name]
+    )
     with torch.no_grad():  # the output conv is zero-initialised; real weights make the work realistic
         for p in net.backbone.out.parameters():
             p.normal_(0, 0.02)
@@ -332,7 +338,8 @@ def denoising_step_memory(
     net, size: int, device: str | torch.device = "cpu", amp_dtype: torch.dtype | None = None, batch: int = 1
 ) -> int:
     """Peak bytes of one sampling step (network forward, image-space x0 clamp, DDIM update) on a (batch, 1, size^3)
-    volume: weights plus everything the step allocates, optionally under ``torch.autocast(amp_dtype)``."""
+    volume: weights, the step's input x_t, and everything the step allocates, optionally under
+    ``torch.autocast(amp_dtype)``."""
     from wdm_bundle.diffusion import WaveletDiffusionInferer, make_scheduler
 
     net = net.to(device).eval()
@@ -348,4 +355,4 @@ def denoising_step_memory(
         ):
             inferer.sample(noise, net, verbose=False, decode=False)
 
-    return _nbytes(net.parameters()) + peak_memory(step, device)
+    return _nbytes(net.parameters()) + _nbytes([noise]) + peak_memory(step, device)

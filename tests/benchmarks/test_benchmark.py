@@ -9,6 +9,8 @@ import sys
 
 import pytest
 import torch
+from benchmarking import measure as bench_measure
+from benchmarking import studies as bench_studies
 from benchmarking import targets as bench
 from PIL import Image
 
@@ -20,7 +22,12 @@ SECTIONS = [
     "## Training step",
     "## Sampling time per volume",
     "## Peak memory",
+    "### Wavelet level 2",
+    "## How close to the machine",
+    "## Training objectives: iterations to the paper's quality",
     "## Sample quality of fast samplers",
+    "## Samplers with four network calls",
+    "## Wavelet level 2 vs level 1",
     "## Reproduce",
 ]
 
@@ -71,6 +78,23 @@ def test_quick_benchmark_writes_report(repo_root, demo_data, tmp_path):
     assert "| RFlow-30 | rflow_x0 |" in md and "RFlow-30 (rflow_x0) quality within 10%" in md
     assert all(r["mean_image_rmse"] >= 0 and r["ms_ssim_fake"] is not None for r in quality)
     assert len(data["targets"]) >= 6 and all({"target", "measured", "met"} <= set(t) for t in data["targets"])
+
+    assert "failed" not in data and set(data["section_seconds"]) == set(bench_measure.SECTIONS)
+    levels = [r for r in mem["inference"] if r.get("levels") == 2]
+    assert levels and levels[0]["fp32"] > 0
+    eff = data["efficiency"]
+    assert eff["conv"]["fraction"] > 0 and 0 < eff["wrapper"]["share"] < 1
+    objectives = data["objectives"]
+    assert [r["name"] for r in objectives["rows"]] == [name for name, _ in bench_studies.OBJECTIVES[:2]]
+    paper = objectives["rows"][0]
+    assert [p["iterations"] for p in paper["curve"]] == [3, 6] and paper["reached_at"] in (3, 6)
+    assert objectives["rows"][1]["overrides"] == {"loss_weighting": "min_snr"}
+    state = torch.load(tmp_path / "work" / "objectives" / "option_1" / "models" / "model.pt", weights_only=True)
+    assert state["record"]["loss_weighting"] == "min_snr" and "ddpm_timestep_draw" not in state["record"]
+    assert (out / "images" / "performance_objectives.png").is_file()
+    assert [r["levels"] for r in data["levels"]["rows"]] == [1, 2] and data["levels"]["size"] == 32
+    assert len(data["fewstep"]["rows"]) == 3 and (out / "images" / "performance_fewstep.png").is_file()
+    assert any(t["target"].startswith("Half the training iterations") for t in data["targets"])
 
     png = Image.open(out / "images" / "performance.png")
     assert png.size[0] > 1000 and png.size[1] > 300
@@ -187,3 +211,27 @@ def test_wavelet_target_states_every_reading_of_the_copy():
     old = {k: v for k, v in row.items() if k != "copy_alloc"}  # a report saved before the row existed
     ((_, measured, ok),) = bench.targets({"wavelet": [old]})
     assert measured == "0.9× the copy (`clone`); into existing memory 2.3× a `copy_`" and ok
+
+
+def test_scaling_and_objective_targets():
+    mem = {
+        "inference": [
+            {"size": 256, "net": "paper256", "space": "wavelet", "fp32": 8.0e9},
+            {"size": 512, "net": "paper256", "space": "wavelet", "levels": 2, "fp32": 8.3e9},
+        ],
+        "checkpointed_training": [{"size": 256, "net": "paper256", "total": 16.4e9, "static": 1.8e9}],
+    }
+    rows = {t: (m, ok) for t, m, ok in bench._scaling_targets(mem)}
+    level = "fp32 denoising step at 512³, wavelet level 2 (paper256 U-Net), ≤1.05× the level-1 256³ step"
+    assert rows[level] == ("8.30 GB vs 8.00 GB: 1.038×", True)
+    train = "Training step at 256³ (paper256, batch 1, fp32, activation checkpointing) ≤16 GB"
+    assert rows[train] == ("16.40 GB", False)
+
+    def row(name, at):
+        return {"name": name, "reached_at": at, "curve": []}
+
+    study = {"reference_iterations": 1500, "cap": 750, "rows": [row("paper", 1000), row("a", None), row("b", 750)]}
+    target, measured, ok = bench._objective_target(study)
+    assert measured == "best: b, 0.50× (paper: itself 0.67×)" and ok
+    study["rows"][2]["reached_at"] = None
+    assert bench._objective_target(study)[1:] == ("no option reached it within 750 iterations", False)

@@ -193,3 +193,16 @@ def test_inference_config_takes_inpainting_and_wdm_records(tmp_path):
         load_record(tmp_path / "s.pt", ["inpainting", "generation"])
     with pytest.raises(ValueError, match="inpainting model; use the inpainting configs \\(inference_inpaint.json\\)"):
         load_record(tmp_path / "inpainting.pt", "generation")
+
+
+def test_prepare_batch_loss_region_at_two_wavelet_levels():
+    """At ``wavelet_levels=2`` a coefficient covers a 4x4x4 block: the loss region follows, read from the condition."""
+    wavelet = HaarWavelet3D(3.0, levels=2)
+    image = torch.rand(1, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(1, 1, 16, 16, 16)
+    mask[0, 0, 3:6, 5:11, 0:2] = 1
+    prepare = InpaintingPrepareBatch(1000, wavelet, scheduler=make_scheduler("ddpm"))
+    _, target, _, _ = prepare({"image": image, "voided": image * (1 - mask), "mask": mask}, "cpu")
+    weight = torch.nn.functional.max_pool3d(mask, 4)
+    assert target.shape == (1, 65, 4, 4, 4) and weight.sum() == 2 * 2 * 1
+    assert torch.equal(target[:, 64:], weight) and torch.equal(coefficient_mask(mask, wavelet.scale), weight)

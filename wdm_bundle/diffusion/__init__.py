@@ -2,7 +2,7 @@
 
 from wdm_bundle.diffusion import schedulers as _schedulers
 from wdm_bundle.diffusion.inferer import WaveletDiffusionInferer, unwrap_model
-from wdm_bundle.diffusion.losses import InpaintingLoss, LossRegion
+from wdm_bundle.diffusion.losses import InpaintingLoss, LossRegion, WeightedDiffusionLoss, training_loss
 from wdm_bundle.diffusion.repaint import RePaintInferer, resampling_schedule
 from wdm_bundle.diffusion.schedulers import (
     RFLOW_X0_MIN_T,
@@ -21,11 +21,29 @@ from wdm_bundle.diffusion.schedulers import (
     training_scheduler,
     velocity_from_x0,
 )
+from wdm_bundle.diffusion.weighting import (
+    DEFAULT_LOSS_GAMMA,
+    MAX_SNR_WEIGHT,
+    LossWeighting,
+    TimestepDraw,
+    draw_timesteps,
+    loss_weights,
+    snr,
+)
 
 __all__ = [
     "WaveletDiffusionInferer",
     "InpaintingLoss",
     "LossRegion",
+    "WeightedDiffusionLoss",
+    "training_loss",
+    "LossWeighting",
+    "TimestepDraw",
+    "MAX_SNR_WEIGHT",
+    "DEFAULT_LOSS_GAMMA",
+    "snr",
+    "loss_weights",
+    "draw_timesteps",
     "RePaintInferer",
     "resampling_schedule",
     "unwrap_model",

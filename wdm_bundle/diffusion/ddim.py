@@ -5,13 +5,16 @@ disagree (N = 2, T = 1000: the model is called at t = 0 on a sample at level 499
 ``trailing`` spacings (as named in diffusers, Lin et al. 2024, "Common diffusion noise schedules and sample steps
 are flawed") list timesteps that the chain actually visits: each step goes to the next listed timestep and the
 last one to x0 (alpha_bar = 1 with ``set_alpha_to_one``).
+
+``eta`` (DDIM paper, eq. 16) sets how stochastic each step is: 0 = deterministic DDIM, 1 = the DDPM posterior
+of the spaced chain (ancestral sampling on the N visited timesteps).
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["LINSPACE", "LEADING", "TRAILING", "SPACINGS", "spaced_timesteps", "SpacedDDIM"]
+__all__ = ["LINSPACE", "LEADING", "TRAILING", "SPACINGS", "spaced_timesteps", "check_eta", "SpacedDDIM"]
 
 #: MONAI's timesteps and step (unchanged); (N - 1) s, ..., s, 0 with s = T // N; round(T - i T / N) - 1.
 LINSPACE, LEADING, TRAILING = "linspace", "leading", "trailing"
@@ -38,15 +41,29 @@ def spaced_timesteps(num_train_timesteps: int, num_inference_steps: int, spacing
     raise ValueError(f"{spacing!r} is not a valid TimestepSpacing; use one of {', '.join(SPACINGS)}.")
 
 
+def check_eta(eta: float) -> float:
+    """``eta`` as a float if it is in the closed range [0, 1] (0: deterministic DDIM, 1: DDPM-like), else a
+    ValueError."""
+    value = float(eta)
+    if not 0.0 <= value <= 1.0:  # also refuses NaN
+        raise ValueError(
+            f"ddim_eta (DDIM's eta) must be in [0, 1] (0: deterministic DDIM, 1: ancestral DDPM-like steps), got {eta}."
+        )
+    return value
+
+
 class SpacedDDIM:
     """Mixin for MONAI's `DDIMScheduler` (precedes it in the MRO): timesteps and steps of ``timestep_spacing``.
 
     ``linspace`` keeps MONAI's `set_timesteps` and `step` bit for bit. ``leading``/``trailing``: `set_timesteps`
     lists `spaced_timesteps` and `step` goes from t to `previous_timestep` (the next listed one, -1 = x0 after the
     last), with MONAI's formulas (12) and (16) of the DDIM paper and its 0-d float64 coefficients.
+    ``eta`` (`check_eta`): the default of `step`'s ``eta``, so that samplers calling ``step(x0, t, x,
+    generator=g)`` take stochastic steps; 0 (deterministic) unless set.
     """
 
     timestep_spacing: str = LINSPACE
+    eta: float = 0.0
     num_train_timesteps: int
     num_inference_steps: int
     timesteps: torch.Tensor
@@ -87,10 +104,16 @@ class SpacedDDIM:
         model_output: torch.Tensor,
         timestep: int,
         sample: torch.Tensor,
-        eta: float = 0.0,
+        eta: float | None = None,
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """DDIM step of ``sample`` (B, ...) at ``timestep`` to `previous_timestep`: (x_prev, predicted x0)."""
+        """DDIM step of ``sample`` (B, ...) at ``timestep`` to `previous_timestep`: (x_prev, predicted x0).
+
+        ``eta`` in [0, 1] (default: the scheduler's ``eta``): sigma_t = eta sqrt((1 - a_prev) / (1 - a_t))
+        sqrt(1 - a_t / a_prev) and x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma_t^2) eps + sigma_t z, z drawn
+        from ``generator`` when eta > 0.
+        """
+        eta = check_eta(self.eta if eta is None else eta)
         if self.timestep_spacing == LINSPACE:
             return super().step(model_output, timestep, sample, eta, generator)  # type: ignore[misc]
         prev = self.previous_timestep(timestep)

@@ -113,8 +113,11 @@ class RePaintInferer(WaveletDiffusionInferer):
         stride = t_max // scheduler.num_inference_steps
         return list(range((scheduler.num_inference_steps - 1) * stride, -1, -stride))
 
-    def check_inputs(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Validate ``image`` (B, C, D, H, W) and ``mask`` (B or 1, 1 or C, D, H, W); return the mask as bool (B, C, ...)."""
+    def check_inputs(self, image: torch.Tensor, mask: torch.Tensor, coder_scale: int | None = None) -> torch.Tensor:
+        """Validate ``image`` (B, C, D, H, W) and ``mask`` (B or 1, 1 or C, D, H, W); return the mask as bool (B, C, ...).
+
+        ``coder_scale``: image size / coefficient size of the model's coder (``2**wavelet_levels``; default: the
+        inferer's coder's, else one DWT level's)."""
         if image.ndim != 5:
             raise ValueError(f"image must be (B, C, D, H, W), got shape {tuple(image.shape)}.")
         if not image.is_floating_point():
@@ -128,8 +131,14 @@ class RePaintInferer(WaveletDiffusionInferer):
             )
         if mask.dtype != torch.bool and not ((mask == 0) | (mask == 1)).all():
             raise ValueError("mask must be binary (0 = keep, 1 = inpaint); got other values.")
-        if any(s % HaarWavelet3D.scale for s in image.shape[2:]):
-            raise ValueError(f"image spatial size {tuple(image.shape[2:])} must be even (one DWT level).")
+        if coder_scale is None:
+            coder_scale = int(getattr(self.wavelet, "scale", HaarWavelet3D.scale))
+        if any(s % coder_scale for s in image.shape[2:]):
+            raise ValueError(
+                f"image spatial size {tuple(image.shape[2:])} must be even (one DWT level)"
+                if coder_scale == 2
+                else f"image spatial size {tuple(image.shape[2:])} must be divisible by {coder_scale} (the DWT levels)."
+            )
         lo, hi = self.data_range
         if not torch.isfinite(image).all() or image.min() < lo or image.max() > hi:
             raise ValueError(
@@ -208,11 +217,11 @@ class RePaintInferer(WaveletDiffusionInferer):
         """
         scheduler = scheduler or self.scheduler
         times = self.timesteps_of(scheduler)
-        mask = self.check_inputs(image, mask)
+        coder = self._coder(diffusion_model)
+        mask = self.check_inputs(image, mask, int(getattr(coder, "scale", HaarWavelet3D.scale)))
         fn = getattr(unwrap_model(diffusion_model), "check_image_size", None)
         if fn is not None:
             fn(image.shape[2:], "image")
-        coder = self._coder(diffusion_model)
         with torch.autocast(image.device.type, enabled=False):
             known_x0 = coder.encode(image.float())
         x = torch.randn(known_x0.shape, generator=generator, device=known_x0.device, dtype=known_x0.dtype)

@@ -227,10 +227,14 @@ class DDPMScheduler64(Float64Schedule, DDPMScheduler):
 
 class DDIMScheduler64(Float64Schedule, ddim.SpacedDDIM, DDIMScheduler):
     """MONAI's `DDIMScheduler` with float64 tables (`Float64Schedule`) and ``timestep_spacing``
-    (`TimestepSpacing`, `ddim.SpacedDDIM`; ``"linspace"`` = MONAI's timesteps and steps); otherwise its arguments."""
+    (`TimestepSpacing`, `ddim.SpacedDDIM`; ``"linspace"`` = MONAI's timesteps and steps) and ``eta`` in [0, 1], the
+    default of `step`'s eta (0: deterministic DDIM; 1: ancestral steps); otherwise its arguments."""
 
-    def __init__(self, *args: Any, timestep_spacing: str = TimestepSpacing.LINSPACE, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, timestep_spacing: str = TimestepSpacing.LINSPACE, eta: float = 0.0, **kwargs: Any
+    ) -> None:
         self.timestep_spacing = _member(TimestepSpacing, timestep_spacing, "timestep_spacing").value
+        self.eta = ddim.check_eta(eta)
         super().__init__(*args, **kwargs)
 
     def _set_float64_tables(self, arguments: dict[str, Any]) -> None:
@@ -265,6 +269,7 @@ def make_scheduler(
     timestep_loc: float = 0.0,
     timestep_scale: float = 1.0,
     timestep_spacing: str = TimestepSpacing.LINSPACE,
+    ddim_eta: float = 0.0,
 ) -> Scheduler:
     """The MONAI scheduler of sampling algorithm ``sampler`` (`Sampler`) for wavelet diffusion, timesteps set.
 
@@ -296,6 +301,9 @@ def make_scheduler(
         timestep_spacing: DDIM only (`TimestepSpacing`): which timesteps N steps visit, a sampling choice (not
             in ``schedule_config``); ``"trailing"`` or ``"leading"`` for few (2-10) steps, ``"linspace"``
             (MONAI's, the default) keeps earlier outputs. DDPM and RFlow ignore it.
+        ddim_eta: DDIM only: eta in [0, 1] of every step, a sampling choice (not in ``schedule_config``): 0 (the
+            default) deterministic DDIM; 1 ancestral sampling with the DDPM posterior of the spaced chain
+            (docs/acceleration.md, "Four network calls"). DDPM and RFlow ignore it.
     """
     if isinstance(sampler, str) and sampler == Diffusion.RFLOW_X0:
         raise ValueError(
@@ -305,6 +313,7 @@ def make_scheduler(
     sampler = _member(Sampler, sampler, "sampler")
     variance_type = _member(VarianceType, variance_type, "variance_type")
     timestep_spacing = _member(TimestepSpacing, timestep_spacing, "timestep_spacing")
+    ddim_eta = ddim.check_eta(ddim_eta)
     num_train_timesteps = int(num_train_timesteps)
     steps = DEFAULT_STEPS[sampler] or num_train_timesteps
     steps = steps if num_inference_steps is None else int(num_inference_steps)
@@ -325,7 +334,11 @@ def make_scheduler(
             )
         else:
             scheduler = DDIMScheduler64(
-                prediction_type="sample", clip_sample=False, timestep_spacing=timestep_spacing, **schedule_config
+                prediction_type="sample",
+                clip_sample=False,
+                timestep_spacing=timestep_spacing,
+                eta=ddim_eta,
+                **schedule_config,
             )
         scheduler.schedule_config = {**schedule_config, "variance_type": variance_type.value}
     scheduler.set_timesteps(steps)

@@ -25,6 +25,7 @@ def _wdm_network(channels: Sequence[int], **extra: Any) -> dict[str, Any]:
         "resblock_updown": True,
         "mid_block_attention": False,
         "lll_scale": 3.0,
+        "wavelet_levels": 1,
         "space": "wavelet",
         **extra,
     }
@@ -41,6 +42,7 @@ _SCHEDULE = {
     "beta_end": 0.02,
     "variance_type": "fixed_large",
     "lll_scale": 3.0,
+    "wavelet_levels": 1,
     "clip_percentiles": [0.1, 99.9],
 }
 _BRATS = list(CONTRASTS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -11,6 +12,7 @@ from monai.engines.utils import DiffusionPrepareBatch
 from monai.networks.schedulers import RFlowScheduler, Scheduler
 
 from wdm_bundle.diffusion.schedulers import Diffusion, velocity_from_x0
+from wdm_bundle.diffusion.weighting import DEFAULT_LOSS_GAMMA, LossWeighting, TimestepDraw, draw_timesteps, loss_weights
 from wdm_bundle.wavelets import HaarWavelet3D
 
 __all__ = [
@@ -29,6 +31,14 @@ def _plain(x: torch.Tensor) -> torch.Tensor:
     return x.as_tensor() if isinstance(x, MetaTensor) else x
 
 
+def _option(kind: type[LossWeighting] | type[TimestepDraw], value: Any, name: str) -> str:
+    """``kind(value).value``; its error (which lists the allowed values) names the option."""
+    try:
+        return kind(value).value
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
+
+
 class WaveletPrepareBatch(DiffusionPrepareBatch):
     """Turn a batch of images into (x0, x0 target, noise, timesteps) in wavelet space.
 
@@ -38,15 +48,26 @@ class WaveletPrepareBatch(DiffusionPrepareBatch):
     ``"rflow_x0"`` in the form `velocity_from_x0` gives it). Condition images under
     ``condition_name`` are encoded the same way and passed to the inferer.
 
+    DDPM objective options (`wdm_bundle.diffusion.weighting`; the defaults are the paper's and leave batches as
+    before): ``loss_weighting`` other than ``uniform`` appends to the target one channel holding each sample's
+    weight w_t (mean 1 over t uniform), for `wdm_bundle.diffusion.WeightedDiffusionLoss`; ``ddpm_timestep_draw``
+    chooses how t is drawn. Rectified flow accepts only the defaults (it draws t with its scheduler).
+
     Args:
-        num_train_timesteps: T; timesteps are drawn uniformly from [0, T), or by ``scheduler``.
+        num_train_timesteps: T; timesteps are drawn uniformly from [0, T), by ``ddpm_timestep_draw``, or by
+            ``scheduler`` (RFlow).
         wavelet: the coder, normally ``network.wavelet``.
         image_key: batch key of the target images.
         condition_name: batch key of condition images, or None for unconditional training.
         diffusion: training objective, ``"ddpm"`` (x0 target), ``"rflow"`` or ``"rflow_x0"``
             (velocity target).
         scheduler: the training scheduler; an `RFlowScheduler` draws the timesteps
-            (``sample_timesteps``: uniform or logit-normal, see `make_scheduler`).
+            (``sample_timesteps``: uniform or logit-normal, see `make_scheduler`); a DDPM one's float64
+            ``alphas_cumprod`` gives the loss weights (required for a non-uniform ``loss_weighting``).
+        loss_weighting: `LossWeighting`: ``uniform`` (the paper), ``eps``, ``v`` or ``min_snr``.
+        loss_gamma: gamma of ``min_snr``.
+        ddpm_timestep_draw: `TimestepDraw`: ``uniform`` (the paper) or ``logit-normal``.
+        ddpm_timestep_loc, ddpm_timestep_scale: loc and scale of ``logit-normal``.
     """
 
     def __init__(
@@ -57,6 +78,11 @@ class WaveletPrepareBatch(DiffusionPrepareBatch):
         condition_name: str | None = None,
         diffusion: str = Diffusion.DDPM,
         scheduler: Scheduler | None = None,
+        loss_weighting: str = LossWeighting.UNIFORM,
+        loss_gamma: float = DEFAULT_LOSS_GAMMA,
+        ddpm_timestep_draw: str = TimestepDraw.UNIFORM,
+        ddpm_timestep_loc: float = 0.0,
+        ddpm_timestep_scale: float = 1.0,
     ) -> None:
         super().__init__(num_train_timesteps=num_train_timesteps, condition_name=condition_name)
         self.wavelet = wavelet
@@ -67,12 +93,118 @@ class WaveletPrepareBatch(DiffusionPrepareBatch):
                 f"scheduler has T = {scheduler.num_train_timesteps}, num_train_timesteps is {num_train_timesteps}."
             )
         self.scheduler = scheduler
+        self._set_objective(loss_weighting, loss_gamma, ddpm_timestep_draw, ddpm_timestep_loc, ddpm_timestep_scale)
+
+    def _set_objective(self, weighting: str, gamma: float, draw: str, loc: float, scale: float) -> None:
+        """Check and keep the DDPM objective options; the float64 weight table (T,) or None (uniform)."""
+        self.loss_weighting = LossWeighting(_option(LossWeighting, weighting, "loss_weighting"))
+        self.ddpm_timestep_draw = TimestepDraw(_option(TimestepDraw, draw, "ddpm_timestep_draw"))
+        self.loss_gamma, self.ddpm_timestep_loc, self.ddpm_timestep_scale = float(gamma), float(loc), float(scale)
+        if not self.loss_gamma > 0:
+            raise ValueError(f"loss_gamma must be > 0, got {gamma}.")
+        if not (math.isfinite(self.ddpm_timestep_loc) and math.isfinite(self.ddpm_timestep_scale)):
+            raise ValueError(f"ddpm_timestep_loc and ddpm_timestep_scale must be finite, got {loc} and {scale}.")
+        if not self.ddpm_timestep_scale > 0:
+            raise ValueError(f"ddpm_timestep_scale must be > 0, got {scale}.")
+        custom = [
+            f"{k}='{v.value}'"
+            for k, v in (("loss_weighting", self.loss_weighting), ("ddpm_timestep_draw", self.ddpm_timestep_draw))
+            if v != "uniform"
+        ]
+        if custom and (self.diffusion != Diffusion.DDPM or isinstance(self.scheduler, RFlowScheduler)):
+            raise ValueError(
+                f"{' and '.join(custom)}: DDPM training options; rectified flow (diffusion="
+                f"'{self.diffusion.value}') trains with its unweighted velocity loss and draws t by "
+                "timestep_sampling: set loss_weighting and ddpm_timestep_draw to 'uniform'."
+            )
+        self.weights: torch.Tensor | None = None
+        if self.loss_weighting != LossWeighting.UNIFORM:
+            table = getattr(self.scheduler, "alphas_cumprod", None)
+            if table is None or len(table) != self.num_train_timesteps:
+                raise ValueError(
+                    f"loss_weighting='{self.loss_weighting.value}' needs the DDPM training scheduler (its "
+                    "alphas_cumprod); pass scheduler."
+                )
+            self.weights = loss_weights(table, self.loss_weighting, self.loss_gamma)
+
+    def objective_record(
+        self,
+        loss_weighting: str = LossWeighting.UNIFORM,
+        loss_gamma: float = DEFAULT_LOSS_GAMMA,
+        ddpm_timestep_draw: str = TimestepDraw.UNIFORM,
+        ddpm_timestep_loc: float = 0.0,
+        ddpm_timestep_scale: float = 1.0,
+    ) -> dict[str, Any]:
+        """The training-record entries of the objective options this batch preparer trains with, after checking that
+        they are the config's (the arguments): a config whose ``train#prepare_batch`` is not given the options
+        (cWDM, inpainting, label-conditioned) is refused when it asks for other than the defaults.
+
+        Only options that differ from the paper are recorded (``loss_gamma`` with ``min_snr``,
+        ``ddpm_timestep_loc``/``ddpm_timestep_scale`` with ``logit-normal``): the record of a default run is as before.
+        """
+        used = {
+            "loss_weighting": self.loss_weighting.value,
+            "loss_gamma": self.loss_gamma,
+            "ddpm_timestep_draw": self.ddpm_timestep_draw.value,
+            "ddpm_timestep_loc": self.ddpm_timestep_loc,
+            "ddpm_timestep_scale": self.ddpm_timestep_scale,
+        }
+        asked = {
+            "loss_weighting": _option(LossWeighting, loss_weighting, "loss_weighting"),
+            "loss_gamma": loss_gamma,
+            "ddpm_timestep_draw": _option(TimestepDraw, ddpm_timestep_draw, "ddpm_timestep_draw"),
+            "ddpm_timestep_loc": ddpm_timestep_loc,
+            "ddpm_timestep_scale": ddpm_timestep_scale,
+        }
+        relevant = ["loss_weighting", "ddpm_timestep_draw"]
+        if asked["loss_weighting"] == LossWeighting.MIN_SNR:
+            relevant.append("loss_gamma")
+        if asked["ddpm_timestep_draw"] == TimestepDraw.LOGIT_NORMAL:
+            relevant += ["ddpm_timestep_loc", "ddpm_timestep_scale"]
+        differ = [f"{k}={asked[k]!r} (it uses {used[k]!r})" for k in relevant if asked[k] != used[k]]
+        if differ:
+            raise ValueError(
+                f"train#prepare_batch ({type(self).__name__}) is not configured with "
+                + ", ".join(differ)
+                + ": this config does not pass the objective options to it; use the defaults or add them to its "
+                "train#prepare_batch."
+            )
+        out: dict[str, Any] = {}
+        if self.loss_weighting != LossWeighting.UNIFORM:
+            out["loss_weighting"] = self.loss_weighting.value
+            if self.loss_weighting == LossWeighting.MIN_SNR:
+                out["loss_gamma"] = self.loss_gamma
+        if self.ddpm_timestep_draw != TimestepDraw.UNIFORM:
+            out["ddpm_timestep_draw"] = self.ddpm_timestep_draw.value
+            out["ddpm_timestep_loc"] = self.ddpm_timestep_loc
+            out["ddpm_timestep_scale"] = self.ddpm_timestep_scale
+        return out
 
     def get_timesteps(self, images: torch.Tensor) -> torch.Tensor:
-        """Training timesteps (B,) long in [0, T): the RFlow scheduler's draw, else uniform."""
+        """Training timesteps (B,) long in [0, T): the RFlow scheduler's draw, else ``ddpm_timestep_draw``'s
+        (``uniform``: MONAI's)."""
         if isinstance(self.scheduler, RFlowScheduler):
             return self.scheduler.sample_timesteps(images).long().clamp_(0, self.num_train_timesteps - 1)
+        if self.ddpm_timestep_draw != TimestepDraw.UNIFORM:
+            return draw_timesteps(
+                images.shape[0],
+                self.num_train_timesteps,
+                self.ddpm_timestep_draw,
+                self.ddpm_timestep_loc,
+                self.ddpm_timestep_scale,
+                images.device,
+            )
         return super().get_timesteps(images)
+
+    def weighted_target(self, target: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """``target`` (B, C, ...) and, for a non-uniform ``loss_weighting``, one more channel holding each sample's
+        weight w_t (looked up in float64, cast to the target's dtype)."""
+        if self.weights is None:
+            return target
+        device = torch.device("cpu") if target.device.type == "mps" else target.device  # MPS has no float64
+        w = self.weights.to(device)[timesteps.to(device)].to(target.device, target.dtype)
+        channel = w.reshape(-1, 1, *(1,) * (target.ndim - 2)).expand(-1, 1, *target.shape[2:])
+        return torch.cat([target, channel], dim=1)
 
     def get_target(self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The clean coefficients (x0 prediction), or the rectified-flow velocity ``x0 - noise``."""
@@ -103,7 +235,7 @@ class WaveletPrepareBatch(DiffusionPrepareBatch):
         infer_kwargs: dict[str, torch.Tensor] = {"noise": noise, "timesteps": timesteps}
         if condition is not None:
             infer_kwargs["condition"] = condition
-        return x0, self.get_target(x0, noise, timesteps), (), infer_kwargs
+        return x0, self.weighted_target(self.get_target(x0, noise, timesteps), timesteps), (), infer_kwargs
 
 
 class SynthesisPrepareBatch(WaveletPrepareBatch):
@@ -127,6 +259,7 @@ class SynthesisPrepareBatch(WaveletPrepareBatch):
         contrasts_key: batch key of the stacked contrasts.
         diffusion: training objective, ``"ddpm"``, ``"rflow"`` or ``"rflow_x0"`` (see `WaveletPrepareBatch`).
         scheduler: the training scheduler (see `WaveletPrepareBatch`).
+        objective: the DDPM objective options of `WaveletPrepareBatch` (``loss_weighting`` ...).
     """
 
     def __init__(
@@ -138,6 +271,7 @@ class SynthesisPrepareBatch(WaveletPrepareBatch):
         contrasts_key: str = "images",
         diffusion: str = Diffusion.DDPM,
         scheduler: Scheduler | None = None,
+        **objective: Any,
     ) -> None:
         super().__init__(
             num_train_timesteps,
@@ -146,6 +280,7 @@ class SynthesisPrepareBatch(WaveletPrepareBatch):
             condition_name=None,
             diffusion=diffusion,
             scheduler=scheduler,
+            **objective,
         )
         if num_contrasts < 2:
             raise ValueError(f"num_contrasts must be >= 2 (a target and a source), got {num_contrasts}.")
@@ -201,10 +336,10 @@ def synthesis_inputs(
     return x0, condition
 
 
-def coefficient_mask(mask: torch.Tensor) -> torch.Tensor:
-    """(B, 1, D, H, W) image mask -> (B, 1, D/2, H/2, W/2) float {0, 1}: 1 where any voxel of the 2x2x2 block that
-    a wavelet coefficient covers is masked (non-zero)."""
-    return torch.nn.functional.max_pool3d((mask != 0).float(), kernel_size=2)
+def coefficient_mask(mask: torch.Tensor, scale: int = 2) -> torch.Tensor:
+    """(B, 1, D, H, W) image mask -> (B, 1, D/s, H/s, W/s) float {0, 1}: 1 where any voxel of the s x s x s block
+    that a wavelet coefficient covers is masked (non-zero); s = ``scale``, the coder's ``2**wavelet_levels``."""
+    return torch.nn.functional.max_pool3d((mask != 0).float(), kernel_size=scale)
 
 
 def inpainting_condition(wavelet: HaarWavelet3D, voided: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -224,6 +359,8 @@ class InpaintingPrepareBatch(WaveletPrepareBatch):
     Args:
         num_train_timesteps, wavelet, diffusion, scheduler: as `WaveletPrepareBatch`.
         image_key, voided_key, mask_key: batch keys.
+        objective: the DDPM timestep-draw options of `WaveletPrepareBatch` (``ddpm_timestep_draw`` ...); a
+            ``loss_weighting`` other than ``uniform`` is refused (the target's extra channel is the mask).
     """
 
     def __init__(
@@ -235,8 +372,17 @@ class InpaintingPrepareBatch(WaveletPrepareBatch):
         mask_key: str = "mask",
         diffusion: str = Diffusion.DDPM,
         scheduler: Scheduler | None = None,
+        **objective: Any,
     ) -> None:
-        super().__init__(num_train_timesteps, wavelet, image_key=image_key, diffusion=diffusion, scheduler=scheduler)
+        weighting = _option(LossWeighting, objective.get("loss_weighting", LossWeighting.UNIFORM), "loss_weighting")
+        if weighting != LossWeighting.UNIFORM:
+            raise ValueError(
+                f"loss_weighting='{weighting}' is not supported by inpainting training (its loss is InpaintingLoss, "
+                "weighted by the mask): use loss_weighting='uniform'."
+            )
+        super().__init__(
+            num_train_timesteps, wavelet, image_key=image_key, diffusion=diffusion, scheduler=scheduler, **objective
+        )
         self.voided_key, self.mask_key = voided_key, mask_key
 
     def get_inputs(
@@ -257,9 +403,10 @@ class InpaintingPrepareBatch(WaveletPrepareBatch):
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
         x0, target, args, infer_kwargs = super().__call__(batchdata, device, non_blocking, **kwargs)
-        # the mask's LLL coefficient (condition channel 8) is > 0 exactly where `coefficient_mask` is 1 (the mask is
-        # >= 0): derived on the device from the condition already there, not a second transfer and pooling
-        weight = (infer_kwargs["condition"][:, 8:9] > 0).to(target.dtype)
+        # the mask's low-pass coefficient (the first condition channel of the mask) is > 0 exactly where
+        # `coefficient_mask` is 1 (the mask is >= 0): derived on the device from the condition already there
+        n = self.wavelet.bands
+        weight = (infer_kwargs["condition"][:, n : n + 1] > 0).to(target.dtype)
         return x0, torch.cat([target, weight], dim=1), args, infer_kwargs
 
 
@@ -278,6 +425,7 @@ class LabelConditionPrepareBatch(WaveletPrepareBatch):
         num_contrasts: K, the generated contrasts.
         num_conditions: 1 + L, the brain mask and one channel per label value.
         image_key, condition_key: batch keys.
+        objective: the DDPM objective options of `WaveletPrepareBatch` (``loss_weighting`` ...).
     """
 
     def __init__(
@@ -290,6 +438,7 @@ class LabelConditionPrepareBatch(WaveletPrepareBatch):
         condition_key: str = "conditions",
         diffusion: str = Diffusion.DDPM,
         scheduler: Scheduler | None = None,
+        **objective: Any,
     ) -> None:
         super().__init__(
             num_train_timesteps,
@@ -298,6 +447,7 @@ class LabelConditionPrepareBatch(WaveletPrepareBatch):
             condition_name=condition_key,
             diffusion=diffusion,
             scheduler=scheduler,
+            **objective,
         )
         if num_contrasts < 1 or num_conditions < 2:
             raise ValueError(

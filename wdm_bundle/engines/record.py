@@ -5,8 +5,11 @@ config keys of the same settings, so that an inference config can name a setting
 
 * schedule: ``diffusion``, ``num_train_timesteps``, ``schedule``, ``beta_start``, ``beta_end``,
   ``variance_type`` (DDPM family) or ``timestep_sampling``/``timestep_loc``/``timestep_scale`` (RFlow);
-* space: ``lll_scale``, ``data_range``, ``image_size`` (what the network was trained on), ``spacing`` (its
-  voxel size in mm, written into generated volumes);
+* objective (DDPM, optional: only options other than the paper's are written): ``loss_weighting`` (with
+  ``loss_gamma`` for ``min_snr``), ``ddpm_timestep_draw`` (with ``ddpm_timestep_loc``/``ddpm_timestep_scale``);
+  training facts, not needed to sample (`wdm_bundle.diffusion.weighting`);
+* space: ``lll_scale``, ``wavelet_levels`` (1 in records written before it existed), ``data_range``,
+  ``image_size`` (what the network was trained on), ``spacing`` (its voxel size in mm, written into generated volumes);
 * data: ``pad_crop_size``, ``placement`` (pad/crop framing), ``clip_percentiles`` (intensity
   normalisation), ``orientation``, ``modality`` (WDM) or ``contrasts``/``target_contrast`` (cWDM; the generated
   contrasts of a label-conditioned model), ``labels`` (the label values a label-conditioned model is conditioned on);
@@ -75,8 +78,11 @@ def training_record(
     contrasts: Sequence[str] | None = None,
     target_contrast: str | None = None,
     labels: Sequence[int] | None = None,
+    objective: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The record of a training run (see the module docstring), validated.
+
+    ``objective``: the DDPM objective options to record (`WaveletPrepareBatch.objective_record`), None = defaults.
 
     Raises:
         ValueError: the network cannot be rebuilt from a record (a backbone outside the closed set),
@@ -94,7 +100,9 @@ def training_record(
         "task": Task(task).value,
         "diffusion": Diffusion(diffusion).value,
         **_scheduler_settings(scheduler),
+        **dict(objective or {}),
         "lll_scale": float(config.get("lll_scale", 3.0)),
+        "wavelet_levels": config.get("wavelet_levels", 1),
         "data_range": plain(data_range),
         "image_size": plain(image_size),
         "spacing": plain(spacing),
@@ -179,6 +187,8 @@ def load_record(
         if existing:
             base["diffusion"] = trained_diffusion(existing[0])
         base.update({k: plain(v) for k, v in given.items() if v is not None})
+        if given.get("wavelet_levels") is not None:  # the assumed network follows a given level count
+            base["network"] = {**base["network"], "wavelet_levels": base["wavelet_levels"]}
         record = validate_record(base, "the assumed training settings")
         if existing:
             shown = ", ".join(f"{k}={v}" for k, v in record.items() if k not in ("network", "version"))

@@ -17,9 +17,18 @@ from monai.utils import StrEnum
 
 from wdm_bundle.data.transforms import Placement
 from wdm_bundle.diffusion.schedulers import Diffusion, TimestepSampling
+from wdm_bundle.diffusion.weighting import DEFAULT_LOSS_GAMMA, LossWeighting, TimestepDraw
 from wdm_bundle.utils import plain
 
-__all__ = ["RECORD_VERSION", "Task", "label_values", "validate_record", "schedule_settings", "compare_records"]
+__all__ = [
+    "RECORD_VERSION",
+    "Task",
+    "label_values",
+    "validate_record",
+    "schedule_settings",
+    "objective_settings",
+    "compare_records",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +52,14 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _DDPM_KEYS = ("num_train_timesteps", "schedule", "beta_start", "beta_end", "variance_type")
 _RFLOW_KEYS = ("num_train_timesteps", "timestep_sampling", "timestep_loc", "timestep_scale")
 _SCHEDULES = ("linear_beta", "scaled_linear_beta", "sigmoid_beta", "cosine")
+#: The DDPM objective options (`wdm_bundle.diffusion.weighting`), optional in a record; absent: the defaults.
+OBJECTIVE_DEFAULTS = {
+    "loss_weighting": LossWeighting.UNIFORM.value,
+    "loss_gamma": DEFAULT_LOSS_GAMMA,
+    "ddpm_timestep_draw": TimestepDraw.UNIFORM.value,
+    "ddpm_timestep_loc": 0.0,
+    "ddpm_timestep_scale": 1.0,
+}
 
 
 def _size(value: Any, what: str, allow_none: bool = True) -> list[int] | None:
@@ -115,6 +132,23 @@ def label_values(value: Any, what: str = "labels", allow_none: bool = True) -> l
     return [int(v) for v in value]
 
 
+def _objective(r: Mapping[str, Any], diffusion: str) -> dict[str, Any]:
+    """The DDPM objective options a record holds, checked (optional keys: records of default runs and records
+    written before the options existed have none)."""
+    checks = {
+        "loss_weighting": lambda v: _choice(v, "loss_weighting", [w.value for w in LossWeighting]),
+        "loss_gamma": lambda v: _number(v, "loss_gamma", 1e-6, 1e6),
+        "ddpm_timestep_draw": lambda v: _choice(v, "ddpm_timestep_draw", [d.value for d in TimestepDraw]),
+        "ddpm_timestep_loc": lambda v: _number(v, "ddpm_timestep_loc", -100.0, 100.0),
+        "ddpm_timestep_scale": lambda v: _number(v, "ddpm_timestep_scale", 1e-6, 100.0),
+    }
+    out = {k: check(r[k]) for k, check in checks.items() if k in r}
+    custom = [f"{k}={out[k]!r}" for k in ("loss_weighting", "ddpm_timestep_draw") if out.get(k, "uniform") != "uniform"]
+    if custom and diffusion != Diffusion.DDPM:
+        raise ValueError(f"{', '.join(custom)} are DDPM training options, not of diffusion={diffusion!r}.")
+    return out
+
+
 def validate_record(record: Any, source: str = "the record") -> dict[str, Any]:
     """Check every value of a record (types, closed sets, ranges) and return a clean copy.
 
@@ -148,7 +182,10 @@ def validate_record(record: Any, source: str = "the record") -> dict[str, Any]:
             )
             out["timestep_loc"] = _number(r.get("timestep_loc"), "timestep_loc", -100.0, 100.0)
             out["timestep_scale"] = _number(r.get("timestep_scale"), "timestep_scale", 0.0, 100.0)
+        out.update(_objective(r, out["diffusion"]))
         out["lll_scale"] = _number(r.get("lll_scale"), "lll_scale", 1e-6, 1e6)
+        # records written before multi-level wavelets have none: one level, the paper's
+        out["wavelet_levels"] = _number(r.get("wavelet_levels", 1), "wavelet_levels", 1, 3, integer=True)
         out["data_range"] = _pair(r.get("data_range"), "data_range", -1e6, 1e6)
         out["image_size"] = _size(r.get("image_size"), "image_size")
         out["spacing"] = _spacing(r.get("spacing"), "spacing")
@@ -174,6 +211,9 @@ def validate_record(record: Any, source: str = "the record") -> dict[str, Any]:
         network = r.get("network")
         if not isinstance(network, Mapping):
             raise ValueError(f"network must be a dict of constructor arguments, got {type(network).__name__}.")
+        levels = _number(network.get("wavelet_levels", 1), "network wavelet_levels", 1, 3, integer=True)
+        if levels != out["wavelet_levels"]:
+            raise ValueError(f"network wavelet_levels {levels} differs from wavelet_levels {out['wavelet_levels']}.")
         out["network"] = plain(network)
     except (ValueError, TypeError) as e:
         raise ValueError(f"{source}: invalid training record: {e}") from None
@@ -187,6 +227,12 @@ def schedule_settings(record: Mapping[str, Any]) -> dict[str, Any]:
     """The `make_scheduler` keyword arguments that rebuild the recorded training schedule."""
     keys = _DDPM_KEYS if record["diffusion"] == Diffusion.DDPM else _RFLOW_KEYS
     return {k: record[k] for k in keys}
+
+
+def objective_settings(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The five DDPM objective options a record was trained with (``loss_weighting``, ``loss_gamma``,
+    ``ddpm_timestep_draw``, ``ddpm_timestep_loc``, ``ddpm_timestep_scale``), the defaults where it has none."""
+    return {k: record.get(k, v) for k, v in OBJECTIVE_DEFAULTS.items()}
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -14,6 +14,7 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoi
 from wdm_bundle.networks.fused_norm import use_fused_group_norm_silu
 from wdm_bundle.utils import as_bool, plain_config
 from wdm_bundle.wavelets import HaarWavelet3D, ImageSpace
+from wdm_bundle.wavelets.transform import check_levels
 
 __all__ = ["WaveletDiffusionUNet", "PAPER_CHANNELS", "apply_activation_checkpointing"]
 
@@ -109,10 +110,10 @@ def _check_names(args: Mapping[str, Any], allowed: set[str], owner: str) -> None
 class WaveletDiffusionUNet(nn.Module):
     """MONAI `DiffusionModelUNet` in wavelet space, plus the image <-> coefficient coder.
 
-    The backbone sees ``8 * (image_channels + condition_channels) + extra_channels`` channels:
+    The backbone sees ``8**L * (image_channels + condition_channels) + extra_channels`` channels:
     the noisy target coefficients x_t first, then the DWT of any condition images, then any
     extra (e.g. target-indicator) channels; it predicts the clean coefficients x0 of the target,
-    ``8 * image_channels`` channels. Coefficients are in the scaled space of ``self.wavelet``
+    ``8**L * image_channels`` (L = ``wavelet_levels``) channels. Coefficients are in the scaled space of ``self.wavelet``
     (LLL band divided by ``lll_scale``), so the model never sees the raw LLL range.
 
     Args:
@@ -128,6 +129,8 @@ class WaveletDiffusionUNet(nn.Module):
             ResBlocks. The paper has none (False); at the bottleneck of large cWDM volumes
             (56x56x40 tokens) it would also need a quadratic-size attention matrix.
         lll_scale: divisor of the LLL band (reference: 3.0).
+        wavelet_levels: DWT levels (`HaarWavelet3D`): 1 = the paper (8 sub-bands at 1/2 size), 2 = 64 sub-bands at
+            1/4 size (a 512^3 volume reaches the U-Net at the size a 256^3 volume has at level 1), 3.
         space: ``"wavelet"`` (WDM) or ``"image"``: the same U-Net on the images themselves, the
             paper's image-space 3D DDPM baseline (C channels in and out instead of 8C).
         backbone: an alternative backbone with the `DiffusionModelUNet` calling convention
@@ -151,6 +154,7 @@ class WaveletDiffusionUNet(nn.Module):
         resblock_updown: bool = True,
         mid_block_attention: bool = False,
         lll_scale: float = 3.0,
+        wavelet_levels: int = 1,
         space: str = "wavelet",
         backbone: nn.Module | Callable[[], nn.Module] | None = None,
         activation_checkpointing: bool = False,
@@ -161,6 +165,9 @@ class WaveletDiffusionUNet(nn.Module):
         if backbone is not None and not isinstance(backbone, nn.Module):
             backbone = backbone()
         _check_wrapper_args(image_channels, condition_channels, extra_channels, space)
+        wavelet_levels = check_levels(wavelet_levels, "wavelet_levels")
+        if space != "wavelet" and wavelet_levels != 1:
+            raise ValueError(f"wavelet_levels={wavelet_levels} needs space='wavelet', got space='{space}'.")
         if backbone is None and any(c % norm_num_groups for c in channels):
             raise ValueError(
                 f"norm_num_groups={norm_num_groups} must divide every entry of channels={tuple(channels)}."
@@ -169,7 +176,7 @@ class WaveletDiffusionUNet(nn.Module):
         self.condition_channels = condition_channels
         self.extra_channels = extra_channels
         self.space = space
-        self.wavelet = HaarWavelet3D(lll_scale) if space == "wavelet" else ImageSpace()
+        self.wavelet = HaarWavelet3D(lll_scale, wavelet_levels) if space == "wavelet" else ImageSpace()
         bands = self.wavelet.bands
         self.in_channels = bands * (image_channels + condition_channels) + extra_channels
         self.out_channels = bands * image_channels
@@ -200,6 +207,7 @@ class WaveletDiffusionUNet(nn.Module):
             resblock_updown=resblock_updown,
             mid_block_attention=mid_block_attention,
             lll_scale=lll_scale,
+            wavelet_levels=wavelet_levels,
             space=space,
             **backbone_kwargs,
         )
@@ -265,10 +273,16 @@ class WaveletDiffusionUNet(nn.Module):
         if bad:
             raise ValueError(
                 f"{name}: spatial size {tuple(int(s) for s in size)} is not divisible by {multiple} "
-                f"({'1 DWT level and ' if self.space == 'wavelet' else ''}{self.num_levels - 1} U-Net "
+                f"({self._dwt_levels_text()}{self.num_levels - 1} U-Net "
                 "downsamplings); pad or crop it, e.g. set "
                 f"'image_size' to a multiple of {multiple}."
             )
+
+    def _dwt_levels_text(self) -> str:
+        if self.space != "wavelet":
+            return ""
+        levels = self.wavelet.levels
+        return f"{levels} DWT level{'s' if levels > 1 else ''} and "
 
     def forward(
         self, x: torch.Tensor, timesteps: torch.Tensor | int, context: torch.Tensor | None = None
@@ -282,7 +296,7 @@ class WaveletDiffusionUNet(nn.Module):
             context: unused by the default backbone (no cross-attention); passed through.
 
         Returns:
-            (B, 8 * image_channels, d, h, w) predicted x0 coefficients.
+            (B, 8**L * image_channels, d, h, w) predicted x0 coefficients.
         """
         if x.shape[1] != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)}).")

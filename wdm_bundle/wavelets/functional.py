@@ -23,7 +23,7 @@ from typing import List
 import torch
 import torch.nn.functional as F
 
-__all__ = ["haar_filters", "dwt3d", "idwt3d", "pad_to_multiple", "crop_padding"]
+__all__ = ["haar_filters", "dwt3d", "idwt3d", "dwt3d_levels", "idwt3d_levels", "pad_to_multiple", "crop_padding"]
 
 
 def haar_filters(dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
@@ -124,6 +124,54 @@ def idwt3d(coeffs: torch.Tensor) -> torch.Tensor:
     torch.mul(coeffs.reshape(n, 2, 2, 2, d, h, w).permute(0, 4, 1, 5, 2, 6, 3), 0.125**0.5, out=voxels)
     _haar_steps_(voxels, [2, 4, 6])
     return x
+
+
+def dwt3d_levels(x: torch.Tensor, levels: int) -> torch.Tensor:
+    """``levels``-level 3D Haar wavelet-packet transform: `dwt3d` applied ``levels`` times (all bands split again).
+
+    Args:
+        x: (B, C, D, H, W) with D, H, W divisible by ``2**levels``.
+        levels: number of levels, >= 1.
+
+    Raises:
+        ValueError: if x is not 5D or a spatial size is not divisible by ``2**levels``.
+
+    Returns:
+        (B, 8**levels * C, D/2**levels, ...); channel ``8**levels * c + 8**(levels-1) * k1 + ... + k_levels`` is
+        band ``k1`` of the first level, then ``k2`` of the second, ... of input channel c (each image channel's
+        ``8**levels`` bands are contiguous). Orthonormal like `dwt3d`.
+    """
+    if levels < 1:
+        raise ValueError("dwt3d_levels needs levels >= 1, got " + str(levels) + ".")
+    x = _check_input(x, "dwt3d_levels")
+    multiple = 1
+    for _ in range(levels):
+        multiple *= 2  # an int also under TorchScript, where 2**levels is a float
+    spatial = [int(s) for s in x.shape[2:]]
+    if spatial[0] % multiple or spatial[1] % multiple or spatial[2] % multiple:
+        raise ValueError(
+            "dwt3d_levels with "
+            + str(levels)
+            + " levels needs spatial sizes divisible by "
+            + str(multiple)
+            + ", got "
+            + _shape_text(spatial)
+            + "; pad first, e.g. with wdm_bundle.wavelets.pad_to_multiple(x, "
+            + str(multiple)
+            + ")."
+        )
+    for _ in range(levels):
+        x = dwt3d(x)
+    return x
+
+
+def idwt3d_levels(coeffs: torch.Tensor, levels: int) -> torch.Tensor:
+    """Inverse of `dwt3d_levels`: (B, 8**levels * C, d, h, w) -> (B, C, 2**levels * d, ...)."""
+    if levels < 1:
+        raise ValueError("idwt3d_levels needs levels >= 1, got " + str(levels) + ".")
+    for _ in range(levels):
+        coeffs = idwt3d(coeffs)
+    return coeffs
 
 
 def pad_to_multiple(
