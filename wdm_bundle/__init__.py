@@ -2,5 +2,5 @@
 
 from wdm_bundle import data, diffusion, engines, metrics, networks, reports, utils, wavelets
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 __all__ = ["data", "diffusion", "engines", "metrics", "networks", "reports", "utils", "wavelets", "__version__"]

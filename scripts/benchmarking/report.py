@@ -152,7 +152,11 @@ def _memory_section(mem: dict) -> list[str]:
         bf = (
             _gb(r["bf16"])
             if "bf16" in r
-            else ("not measured: no native bf16 on this CPU" if r["space"] == "wavelet" else "–")
+            else (
+                "not measured: no native bf16 on this CPU"
+                if r["space"] == "wavelet" and not mem["native_bf16"] and r.get("levels", 1) == 1
+                else "–"
+            )
         )
         lines.append(
             f"| {r['size']}³ | {r['net']} | {'WDM' if r['space'] == 'wavelet' else 'image-space DDPM'} | "
@@ -233,6 +237,20 @@ def _rerun_section(results: dict, prev: dict) -> list[str]:
         "of a run together; the ratios within a run (what the targets compare) cancel most of that.",
         "",
     ]
+    differ = [k for k, v in results["machine"].items() if k in prev.get("machine", {}) and prev["machine"][k] != v]
+    bf16 = [(r.get("memory") or {}).get("native_bf16") for r in (prev, results)]
+    if None not in bf16 and bf16[0] != bf16[1]:
+        differ.append("native bf16")
+    if differ:
+        was = ", ".join(
+            (
+                f"{k} {prev['machine'][k]} → {results['machine'][k]}"
+                if k in results["machine"]
+                else f"{k} {'yes' if bf16[0] else 'no'} → {'yes' if bf16[1] else 'no'}"
+            )
+            for k in differ
+        )
+        lines += [f"**The machines differ** ({was}): times and their ratios are not comparable across the runs.", ""]
     for kind, title in (
         ("time", "Times"),
         ("ratio", "Ratios within a run"),

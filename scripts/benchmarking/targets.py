@@ -223,7 +223,7 @@ def key_numbers(results: dict) -> dict[str, tuple[float, str]]:
     for r in sampling[1:]:
         out[f"{r['sampler']} speed-up vs {sampling[0]['sampler']}"] = (sampling[0]["time"] / r["time"], "ratio")
     m = results.get("memory") or {}
-    for r in m.get("inference") or []:
+    for r in [r for r in m.get("inference") or [] if r.get("levels", 1) == 1]:
         out[f"{'WDM' if r['space'] == 'wavelet' else 'DDPM'} denoising step memory {r['size']}³"] = (
             r["fp32"],
             "memory",
@@ -236,6 +236,31 @@ def key_numbers(results: dict) -> dict[str, tuple[float, str]]:
         for k in ("mean_image_rmse", "histogram_w1", "ms_ssim_fake", "fid"):
             if r.get(k) is not None:
                 out[f"{quality_name(r)} {QUALITY_NAMES[k]}"] = (r[k], "quality")
+    out.update(_study_numbers(results))
+    return out
+
+
+def _study_numbers(results: dict) -> dict[str, tuple[float, str]]:
+    """The rerun quantities of the sections added with the scaling and training studies."""
+    out: dict[str, tuple[float, str]] = {}
+    for r in (results.get("memory") or {}).get("inference") or []:
+        if r.get("levels", 1) > 1:  # its size alone would collide with a level-1 row of the same size
+            out[f"WDM denoising step memory {r['size']}³ at wavelet level {r['levels']}"] = (r["fp32"], "memory")
+    for t in (results.get("memory") or {}).get("checkpointed_training") or []:
+        out[f"training memory {t['size']}³ with checkpointing"] = (t["total"], "memory")
+    eff = results.get("efficiency") or {}
+    if eff.get("conv"):
+        out["denoiser FLOP/s / isolated conv3d FLOP/s"] = (eff["conv"]["fraction"], "ratio")
+    if eff.get("wrapper"):
+        out["wrapper share of a denoising step"] = (eff["wrapper"]["share"], "ratio")
+    for r in (results.get("fewstep") or {}).get("rows") or []:
+        for k in ("mean_image_rmse", "histogram_w1", "ms_ssim_fake"):
+            if r.get(k) is not None:
+                out[f"{r['label']} (seed mean) {QUALITY_NAMES[k]}"] = (r[k], "quality")
+    for r in (results.get("levels") or {}).get("rows") or []:
+        for k in ("mean_image_rmse", "histogram_w1", "ms_ssim_fake"):
+            if r.get(k) is not None:
+                out[f"wavelet level {r['levels']} {QUALITY_NAMES[k]}"] = (r[k], "quality")
     return out
 
 
