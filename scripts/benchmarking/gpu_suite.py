@@ -24,6 +24,8 @@ import torch
 from wdm_bundle.utils import atomic_write
 
 from . import timing
+from .units import gb as _gb
+from .units import seconds
 
 __all__ = ["PAPER", "FULL", "QUICK", "SAMPLERS", "PRECISIONS", "plan", "run_gpu_suite", "markdown_gpu"]
 
@@ -258,14 +260,8 @@ def run_gpu_suite(cfg: dict, device: str | torch.device, budget_s: float) -> dic
 
 
 # ---------------------------------------------------------------- report
-def _gb(b: float | None) -> str:
-    return "–" if b is None else (f"{b / 1e9:.2f} GB" if b >= 1e8 else f"{b / 1e6:.1f} MB")
-
-
 def _s(x: float | None) -> str:
-    if x is None:
-        return "–"
-    return f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.1f} s"
+    return seconds(x, 1)
 
 
 def _paper(row: dict) -> str:

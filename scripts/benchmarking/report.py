@@ -13,6 +13,8 @@ from wdm_bundle.utils import atomic_write
 from . import efficiency, fewstep, report_studies
 from .targets import rerun_rows, targets
 from .timing import NETWORKS
+from .units import gb as _gb
+from .units import seconds as _s
 
 __all__ = ["write_markdown", "write_plot", "write_report", "rewrite_report"]
 
@@ -20,16 +22,6 @@ logger = logging.getLogger("benchmark")
 
 #: plots of single sections, next to ``images/performance.png``
 _EXTRA_PNG = {"objectives": "images/performance_objectives.png", "fewstep": "images/performance_fewstep.png"}
-
-
-def _gb(b: float | None) -> str:
-    return "–" if b is None else (f"{b / 1e9:.2f} GB" if b >= 1e8 else f"{b / 1e6:.1f} MB")
-
-
-def _s(x: float | None) -> str:
-    if x is None:
-        return "–"
-    return f"{x * 1e3:.2f} ms" if x < 1 else f"{x:.2f} s"
 
 
 def _header(results: dict, png_name: str | None) -> list[str]:

@@ -7,11 +7,9 @@ from pathlib import Path
 
 from wdm_bundle.utils import atomic_write
 
+from .units import gb as _gb
+
 __all__ = ["scaling_lines", "objectives_section", "levels_section", "plot_objectives"]
-
-
-def _gb(b: float | None) -> str:
-    return "–" if b is None else (f"{b / 1e9:.2f} GB" if b >= 1e8 else f"{b / 1e6:.1f} MB")
 
 
 def _metrics(r: dict) -> str:

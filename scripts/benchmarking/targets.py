@@ -5,6 +5,7 @@ from __future__ import annotations
 from .efficiency import efficiency_targets
 from .fewstep import fewstep_targets
 from .measure import quality_name
+from .units import gb as _gb
 
 __all__ = ["QUALITY_NAMES", "quality_deviations", "targets", "key_numbers", "rerun_rows"]
 
@@ -32,10 +33,6 @@ def quality_deviations(row: dict, ref: dict) -> dict:
         change = row[k] / ref[k] - 1
         devs[k] = max(0.0, change) if k in _LOWER_IS_BETTER else abs(change)
     return devs
-
-
-def _gb(b: float) -> str:
-    return f"{b / 1e9:.2f} GB"
 
 
 def _wavelet_targets(rows: list[dict]) -> list[tuple[str, str, bool | None]]:
