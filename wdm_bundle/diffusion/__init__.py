@@ -1,6 +1,7 @@
 """Noise schedules, samplers and the wavelet diffusion inferer."""
 
 from wdm_bundle.diffusion import schedulers as _schedulers
+from wdm_bundle.diffusion import weighting as _weighting
 from wdm_bundle.diffusion.inferer import WaveletDiffusionInferer, unwrap_model
 from wdm_bundle.diffusion.losses import InpaintingLoss, LossRegion, WeightedDiffusionLoss, training_loss
 from wdm_bundle.diffusion.repaint import RePaintInferer, resampling_schedule
@@ -21,15 +22,7 @@ from wdm_bundle.diffusion.schedulers import (
     training_scheduler,
     velocity_from_x0,
 )
-from wdm_bundle.diffusion.weighting import (
-    DEFAULT_LOSS_GAMMA,
-    MAX_SNR_WEIGHT,
-    LossWeighting,
-    TimestepDraw,
-    draw_timesteps,
-    loss_weights,
-    snr,
-)
+from wdm_bundle.diffusion.weighting import *  # noqa: F401,F403  (exported below via __all__)
 
 __all__ = [
     "WaveletDiffusionInferer",
@@ -37,13 +30,7 @@ __all__ = [
     "LossRegion",
     "WeightedDiffusionLoss",
     "training_loss",
-    "LossWeighting",
-    "TimestepDraw",
-    "MAX_SNR_WEIGHT",
-    "DEFAULT_LOSS_GAMMA",
-    "snr",
-    "loss_weights",
-    "draw_timesteps",
+    *_weighting.__all__,
     "RePaintInferer",
     "resampling_schedule",
     "unwrap_model",

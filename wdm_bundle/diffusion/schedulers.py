@@ -40,6 +40,14 @@ class ClosedSet(StrEnum):
     """A `StrEnum` whose error for an unknown value lists the allowed ones."""
 
     @classmethod
+    def named(cls, value: object, name: str) -> ClosedSet:
+        """``cls(value)``; its error (which lists the allowed values) names the setting ``name``."""
+        try:
+            return cls(value)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+
+    @classmethod
     def _missing_(cls, value: object) -> Any:
         allowed = ", ".join(m.value for m in cls)
         raise ValueError(f"{value!r} is not a valid {cls.__name__}; use one of {allowed}.")
@@ -251,10 +259,7 @@ DEFAULT_STEPS = {Sampler.DDPM: None, Sampler.DDIM: 50, Sampler.RFLOW: 30}
 
 def _member(kind: type[ClosedSet], value: Any, name: str) -> ClosedSet:
     """``kind(value)``; its error (which lists the allowed values) names the argument."""
-    try:
-        return kind(value)
-    except ValueError as e:
-        raise ValueError(f"{name}: {e}") from None
+    return kind.named(value, name)
 
 
 def make_scheduler(

@@ -58,13 +58,6 @@ class TimestepDraw(ClosedSet):
     LOGIT_NORMAL = "logit-normal"
 
 
-def _member(kind: type[ClosedSet], value: object, name: str) -> ClosedSet:
-    try:
-        return kind(value)
-    except ValueError as e:
-        raise ValueError(f"{name}: {e}") from None
-
-
 def snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """SNR_t = alpha_bar_t / (1 - alpha_bar_t) of a cumulative-alpha table (T,), in float64."""
     a = torch.as_tensor(alphas_cumprod).to(torch.float64)
@@ -85,7 +78,7 @@ def loss_weights(
         loss_gamma: gamma > 0 of ``min_snr``.
         max_weight: cap > 0 of ``eps`` and ``v``, before normalisation.
     """
-    weighting = _member(LossWeighting, loss_weighting, "loss_weighting")
+    weighting = LossWeighting.named(loss_weighting, "loss_weighting")
     loss_gamma, max_weight = float(loss_gamma), float(max_weight)
     if not loss_gamma > 0 or not max_weight > 0:
         raise ValueError(f"loss_gamma and max_weight must be > 0, got {loss_gamma} and {max_weight}.")
@@ -113,7 +106,7 @@ def draw_timesteps(
 
     ``uniform`` is MONAI's draw (``torch.randint``), the same numbers as `DiffusionPrepareBatch.get_timesteps`.
     """
-    draw = _member(TimestepDraw, draw, "ddpm_timestep_draw")
+    draw = TimestepDraw.named(draw, "ddpm_timestep_draw")
     if draw == TimestepDraw.UNIFORM:
         return torch.randint(0, num_train_timesteps, (batch_size,), device=device).long()
     u = torch.sigmoid(torch.randn(batch_size, device=device) * float(scale) + float(loc))

@@ -31,14 +31,6 @@ def _plain(x: torch.Tensor) -> torch.Tensor:
     return x.as_tensor() if isinstance(x, MetaTensor) else x
 
 
-def _option(kind: type[LossWeighting] | type[TimestepDraw], value: Any, name: str) -> str:
-    """``kind(value).value``; its error (which lists the allowed values) names the option."""
-    try:
-        return kind(value).value
-    except ValueError as e:
-        raise ValueError(f"{name}: {e}") from None
-
-
 class WaveletPrepareBatch(DiffusionPrepareBatch):
     """Turn a batch of images into (x0, x0 target, noise, timesteps) in wavelet space.
 
@@ -97,8 +89,8 @@ class WaveletPrepareBatch(DiffusionPrepareBatch):
 
     def _set_objective(self, weighting: str, gamma: float, draw: str, loc: float, scale: float) -> None:
         """Check and keep the DDPM objective options; the float64 weight table (T,) or None (uniform)."""
-        self.loss_weighting = LossWeighting(_option(LossWeighting, weighting, "loss_weighting"))
-        self.ddpm_timestep_draw = TimestepDraw(_option(TimestepDraw, draw, "ddpm_timestep_draw"))
+        self.loss_weighting = LossWeighting.named(weighting, "loss_weighting")
+        self.ddpm_timestep_draw = TimestepDraw.named(draw, "ddpm_timestep_draw")
         self.loss_gamma, self.ddpm_timestep_loc, self.ddpm_timestep_scale = float(gamma), float(loc), float(scale)
         if not self.loss_gamma > 0:
             raise ValueError(f"loss_gamma must be > 0, got {gamma}.")
@@ -150,9 +142,9 @@ class WaveletPrepareBatch(DiffusionPrepareBatch):
             "ddpm_timestep_scale": self.ddpm_timestep_scale,
         }
         asked = {
-            "loss_weighting": _option(LossWeighting, loss_weighting, "loss_weighting"),
+            "loss_weighting": LossWeighting.named(loss_weighting, "loss_weighting").value,
             "loss_gamma": loss_gamma,
-            "ddpm_timestep_draw": _option(TimestepDraw, ddpm_timestep_draw, "ddpm_timestep_draw"),
+            "ddpm_timestep_draw": TimestepDraw.named(ddpm_timestep_draw, "ddpm_timestep_draw").value,
             "ddpm_timestep_loc": ddpm_timestep_loc,
             "ddpm_timestep_scale": ddpm_timestep_scale,
         }
@@ -374,7 +366,7 @@ class InpaintingPrepareBatch(WaveletPrepareBatch):
         scheduler: Scheduler | None = None,
         **objective: Any,
     ) -> None:
-        weighting = _option(LossWeighting, objective.get("loss_weighting", LossWeighting.UNIFORM), "loss_weighting")
+        weighting = LossWeighting.named(objective.get("loss_weighting", LossWeighting.UNIFORM), "loss_weighting").value
         if weighting != LossWeighting.UNIFORM:
             raise ValueError(
                 f"loss_weighting='{weighting}' is not supported by inpainting training (its loss is InpaintingLoss, "
